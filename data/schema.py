@@ -1,0 +1,251 @@
+"""The trace schema: the one table every loader, workload, predictor and engine speaks.
+
+A *trace* is one row per request. Length corpora (CASTILLO, AlpacaEval, ShareGPT) have no
+arrival times; a *workload* is a trace whose ``arrival_s`` is set and sorted. Validation never
+drops or repairs a row: it raises :class:`TraceValidationError` naming the file, the rows and
+the column, and what was expected. Filtering is explicit (:func:`filter_rows`) and reports counts.
+
+Units: times in seconds (float64), lengths in tokens (int64). Token counts come from the
+source's own tokenizer where it publishes counts, otherwise from tiktoken ``cl100k_base``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+SCHEMA_VERSION = 1
+
+TIERS: tuple[str, ...] = ("premium", "standard", "batch")
+"""Service tiers, highest priority first. The paper's tier base scores are 1, 2, 3."""
+
+UNKNOWN = "unknown"
+"""The explicit value for a categorical field the source does not provide."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: str  # pandas dtype after coercion: "string", "int64", "float64" or "object"
+    unit: str  # "tokens", "s" or "" for labels and text
+    required: bool  # required in every trace (arrival_s: required in workloads only)
+    doc: str
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("request_id", "string", "", True, "unique id of the request within the table"),
+    Column("prompt_id", "string", "", False,
+           "id of the prompt text; rows sharing it are samples of one prompt (grouped splits)"),
+    Column("tenant", "string", "", True, "tenant (customer, application) that sent the request"),
+    Column("tier", "string", "", True, "service tier: one of premium | standard | batch"),
+    Column("category", "string", "", True,
+           "task category (e.g. short_qa, summary, code, chat); 'unknown' if the source has none"),
+    Column("source", "string", "", True, "dataset the row comes from (e.g. castillo, azure_conv)"),
+    Column("model", "string", "", True, "the LLM that produced the output; 'unknown' if not known"),
+    Column("arrival_s", "float64", "s", False,
+           "arrival time since the start of the workload; required and sorted in workloads"),
+    Column("prompt", "string", "", False, "prompt text, when the source publishes it"),
+    Column("prompt_tokens", "int64", "tokens", True, "prompt length, > 0"),
+    Column("output_tokens", "int64", "tokens", True, "true output length, > 0"),
+    Column("output_samples", "object", "tokens", False,
+           "several sampled output lengths for the same prompt and model (tuple of int > 0)"),
+    Column("max_tokens", "int64", "tokens", False, "generation cap sent with the request, > 0"),
+)
+COLUMN_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+REQUIRED: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.required)
+ORDER: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+
+
+class TraceValidationError(ValueError):
+    """A trace violates the schema. The message names file, rows, column and the expectation."""
+
+    def __init__(self, where: str, column: str | None, rows: Sequence[int] | None, expected: str):
+        self.where = where
+        self.column = column
+        self.rows = list(rows) if rows is not None else []
+        self.expected = expected
+        parts = [where]
+        if self.rows:
+            shown = ", ".join(str(r) for r in self.rows[:10])
+            more = f" (+{len(self.rows) - 10} more)" if len(self.rows) > 10 else ""
+            parts.append(f"row(s) {shown}{more}")
+        if column is not None:
+            parts.append(f"column {column!r}")
+        super().__init__(": ".join(parts) + f": {expected}")
+
+
+def _bad_rows(mask: np.ndarray, index: pd.Index) -> list[int]:
+    # Rows are reported as 0-based data row numbers of the table as loaded (not the header).
+    pos = np.flatnonzero(mask)
+    return [int(p) for p in pos]
+
+
+def _coerce_int(df: pd.DataFrame, name: str, where: str, positive: bool) -> pd.Series:
+    raw = df[name]
+    num = pd.to_numeric(raw, errors="coerce")
+    nonnum = num.isna().to_numpy() & raw.notna().to_numpy()
+    if nonnum.any():
+        raise TraceValidationError(where, name, _bad_rows(nonnum, df.index),
+                                   "expected a number of tokens, got non-numeric values "
+                                   f"such as {raw[nonnum].iloc[0]!r}")
+    missing = num.isna().to_numpy()
+    if missing.any():
+        raise TraceValidationError(where, name, _bad_rows(missing, df.index),
+                                   "expected a value, got an empty cell or NaN")
+    vals = num.to_numpy(dtype=np.float64)
+    nonfinite = ~np.isfinite(vals)
+    if nonfinite.any():
+        raise TraceValidationError(where, name, _bad_rows(nonfinite, df.index),
+                                   "expected a finite number of tokens, got inf")
+    frac = vals != np.round(vals)
+    if frac.any():
+        raise TraceValidationError(where, name, _bad_rows(frac, df.index),
+                                   "expected a whole number of tokens")
+    if positive:
+        bad = vals <= 0
+        if bad.any():
+            raise TraceValidationError(where, name, _bad_rows(bad, df.index),
+                                       "expected a length > 0 tokens, got zero or negative")
+    if (np.abs(vals) > 2**40).any():
+        raise TraceValidationError(where, name, _bad_rows(np.abs(vals) > 2**40, df.index),
+                                   "expected a plausible token count (< 2^40)")
+    return pd.Series(vals.astype(np.int64), index=df.index, name=name)
+
+
+def _coerce_label(df: pd.DataFrame, name: str, where: str) -> pd.Series:
+    col = df[name]
+    missing = col.isna().to_numpy()
+    if missing.any():
+        raise TraceValidationError(where, name, _bad_rows(missing, df.index),
+                                   "expected a non-empty label, got an empty cell or NaN")
+    out = col.astype("string")
+    empty = (out.str.len() == 0).to_numpy()
+    if empty.any():
+        raise TraceValidationError(where, name, _bad_rows(empty, df.index),
+                                   "expected a non-empty label, got an empty string")
+    return out
+
+
+def _coerce_samples(df: pd.DataFrame, where: str) -> pd.Series:
+    out = []
+    for pos, v in enumerate(df["output_samples"].tolist()):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            out.append(None)
+            continue
+        try:
+            arr = np.asarray(v, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise TraceValidationError(where, "output_samples", [pos],
+                                       f"expected a list of token counts, got {v!r}") from None
+        if arr.size == 0 or not np.isfinite(arr).all() or (arr <= 0).any() or (
+            arr != np.round(arr)
+        ).any():
+            raise TraceValidationError(where, "output_samples", [pos],
+                                       "expected a non-empty list of whole token counts > 0")
+        out.append(tuple(int(x) for x in arr))
+    return pd.Series(out, index=df.index, name="output_samples", dtype=object)
+
+
+def validate_trace(df: pd.DataFrame, where: str = "<table>", *,
+                   require_arrivals: bool = False) -> pd.DataFrame:
+    """Check ``df`` against the schema and return a copy with canonical dtypes and column order.
+
+    ``where`` names the file (or table) in error messages. Extra columns are kept after the
+    schema's columns (a loader may carry source-specific fields). With ``require_arrivals``
+    the table must be a workload: ``arrival_s`` present, finite, >= 0 and sorted.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
+    required = list(REQUIRED) + (["arrival_s"] if require_arrivals else [])
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise TraceValidationError(where, missing[0], None,
+                                   f"missing required column(s) {missing}; the schema requires "
+                                   f"{required} (see data/schema.py)")
+    df = df.reset_index(drop=True)
+    out = pd.DataFrame(index=df.index)
+    for name in ("request_id", "tenant", "tier", "category", "source", "model"):
+        out[name] = _coerce_label(df, name, where)
+    dup = out["request_id"].duplicated(keep=False).to_numpy()
+    if dup.any():
+        raise TraceValidationError(where, "request_id", _bad_rows(dup, df.index),
+                                   "expected unique request ids, got duplicates")
+    bad_tier = ~out["tier"].isin(TIERS).to_numpy()
+    if bad_tier.any():
+        first = out["tier"][bad_tier].iloc[0]
+        raise TraceValidationError(where, "tier", _bad_rows(bad_tier, df.index),
+                                   f"unknown tier {first!r}; expected one of {list(TIERS)}")
+    if "prompt_id" in df.columns:
+        out["prompt_id"] = _coerce_label(df, "prompt_id", where)
+    for name in ("prompt_tokens", "output_tokens"):
+        out[name] = _coerce_int(df, name, where, positive=True)
+    if "max_tokens" in df.columns:
+        out["max_tokens"] = _coerce_int(df, "max_tokens", where, positive=True)
+    if "prompt" in df.columns:
+        p = df["prompt"]
+        nonstr = ~(p.isna().to_numpy() | p.map(lambda x: isinstance(x, str)).to_numpy())
+        if nonstr.any():
+            raise TraceValidationError(where, "prompt", _bad_rows(nonstr, df.index),
+                                       "expected text or an empty cell")
+        out["prompt"] = p.astype("string")
+    if "output_samples" in df.columns:
+        out["output_samples"] = _coerce_samples(df, where)
+    if "arrival_s" in df.columns:
+        raw = df["arrival_s"]
+        a = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(a) | (a < 0)
+        if require_arrivals and bad.any():
+            raise TraceValidationError(where, "arrival_s", _bad_rows(bad, df.index),
+                                       "expected a finite arrival time >= 0 seconds")
+        if require_arrivals:
+            unsorted = np.zeros(len(a), dtype=bool)
+            unsorted[1:] = a[1:] < a[:-1]
+            if unsorted.any():
+                raise TraceValidationError(where, "arrival_s", _bad_rows(unsorted, df.index),
+                                           "expected arrival times sorted ascending (a row "
+                                           "arrives before the row above it)")
+        out["arrival_s"] = a
+    extras = [c for c in df.columns if c not in COLUMN_BY_NAME]
+    for c in extras:
+        out[c] = df[c]
+    ordered = [c for c in ORDER if c in out.columns] + extras
+    return out[ordered]
+
+
+@dataclass(frozen=True)
+class FilterReport:
+    """What an explicit filter removed: nothing is dropped without one of these."""
+
+    reason: str
+    rows_in: int
+    rows_out: int
+
+    @property
+    def removed(self) -> int:
+        return self.rows_in - self.rows_out
+
+    def __str__(self) -> str:
+        return f"{self.reason}: kept {self.rows_out:,} of {self.rows_in:,} rows " \
+               f"(removed {self.removed:,})"
+
+
+def filter_rows(df: pd.DataFrame, mask: np.ndarray | pd.Series, reason: str
+                ) -> tuple[pd.DataFrame, FilterReport]:
+    """Keep rows where ``mask`` is true and report how many were removed and why."""
+    m = np.asarray(mask, dtype=bool)
+    if m.shape != (len(df),):
+        raise ValueError(f"filter {reason!r}: mask has shape {m.shape}, expected ({len(df)},)")
+    kept = df.loc[m].reset_index(drop=True)
+    return kept, FilterReport(reason, len(df), len(kept))
+
+
+def describe_schema() -> str:
+    """The schema as a Markdown table (used by the README and ``python -m data.inspect``)."""
+    lines = ["| column | dtype | unit | required | meaning |", "|---|---|---|---|---|"]
+    for c in COLUMNS:
+        req = "yes" if c.required else ("workloads" if c.name == "arrival_s" else "no")
+        lines.append(f"| `{c.name}` | {c.dtype} | {c.unit or '-'} | {req} | {c.doc} |")
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""The one Policy interface both engines (simulator and live vLLM) drive.
+
+A policy decides *order only*: which waiting request is admitted next and which running request
+is preempted first when memory runs out. It never sees KV blocks or batch composition; those are
+the engine's. The contract both engines follow every step:
+
+1. ``on_arrival`` for newly arrived requests (batched), ``on_finish``/``on_abort`` for ended ones;
+2. ``on_step(running, waiting, now)`` (batched: predictors run here, never inside ``key``);
+3. ``preempt(running, waiting, now)``: running requests the policy wants preempted voluntarily
+   (bounded preemption; default none);
+4. continue running requests first; admit waiting ones in ascending ``(key, arrival_s, index)``
+   order within the token budget, ``max_num_seqs`` and KV blocks, calling ``on_admit``;
+5. when KV memory runs out, preempt the running request with the *largest* key (recompute).
+
+``key`` must be cheap and deterministic. If ``dynamic_keys`` is False the key of a waiting
+request never changes after ``on_arrival`` (engines may keep a heap); if True engines re-rank the
+waiting queue after every ``on_step``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+from scheduler.request import SchedRequest
+
+
+class Policy(ABC):
+    name: ClassVar[str] = "base"
+    dynamic_keys: ClassVar[bool] = False
+    # True when the policy overrides on_step (engines skip the call otherwise: it is per step)
+    uses_step_hook: ClassVar[bool] = False
+
+    def on_arrival(self, requests: Sequence[SchedRequest], now: float) -> None:  # noqa: B027
+        """New requests entered the waiting queue (batched)."""
+
+    def on_admit(self, requests: Sequence[SchedRequest], now: float) -> None:  # noqa: B027
+        """Requests were scheduled from the waiting queue (first admission or re-admission)."""
+
+    def on_step(self, running: Sequence[SchedRequest], waiting: Sequence[SchedRequest],
+                now: float) -> None:  # noqa: B027
+        """Called once per engine step before ordering (re-prediction goes here)."""
+
+    def on_finish(self, requests: Sequence[SchedRequest], now: float) -> None:  # noqa: B027
+        """Requests finished (batched): online calibration updates go here."""
+
+    def on_abort(self, requests: Sequence[SchedRequest], now: float) -> None:  # noqa: B027
+        """Requests were aborted: drop any per-request state."""
+
+    @abstractmethod
+    def key(self, request: SchedRequest, now: float) -> float:
+        """Ordering key: lower is served sooner; the largest running key is preempted first."""
+
+    def preempt(self, running: Sequence[SchedRequest], waiting: Sequence[SchedRequest],
+                now: float) -> list[SchedRequest]:
+        """Running requests to preempt voluntarily this step (default: none)."""
+        return []
+
+    def describe(self) -> dict[str, object]:
+        """Flat parameters for logs and summaries."""
+        return {"policy": self.name}
