@@ -247,5 +247,6 @@ def describe_schema() -> str:
     lines = ["| column | dtype | unit | required | meaning |", "|---|---|---|---|---|"]
     for c in COLUMNS:
         req = "yes" if c.required else ("workloads" if c.name == "arrival_s" else "no")
-        lines.append(f"| `{c.name}` | {c.dtype} | {c.unit or '-'} | {req} | {c.doc} |")
+        doc = c.doc.replace("|", "\\|")  # a literal | would split the Markdown cell
+        lines.append(f"| `{c.name}` | {c.dtype} | {c.unit or '-'} | {req} | {doc} |")
     return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""Hydra configs -> data objects: the ``workload`` and ``data`` config groups.
+
+``conf/workload/*.yaml`` hold either a multi-tenant :class:`data.workload.WorkloadSpec`
+(``preset: tenants``) or the paper's :class:`data.paper.PaperSpec` (``preset: paper``).
+``conf/data/*.yaml`` name the training sources and the split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from data.splits import (
+    Split,
+    grouped_split,
+    leave_one_model_out,
+    leave_one_source_out,
+    time_split,
+)
+from data.workload import Workload, WorkloadSpec, _to_container, build_workload
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+PRESETS = ("tenants", "paper")
+
+
+def workload_from_config(cfg: Any, seed: int = 0) -> Workload:
+    """Build the workload a ``workload`` config node describes, with ``seed``."""
+    d = _to_container(cfg)
+    preset = d.get("preset", "tenants")
+    if preset == "paper":
+        from data.paper import PaperSpec, build_paper_workload
+
+        return build_paper_workload(PaperSpec.from_config(d), seed)
+    if preset != "tenants":
+        raise ValueError(f"workload preset {preset!r}: expected one of {list(PRESETS)}")
+    return build_workload(WorkloadSpec.from_config(d), seed)
+
+
+def compose_workload_config(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The ``workload`` group's config ``name`` composed by Hydra (defaults lists applied),
+    outside any Hydra app (for ``python -m data.inspect`` and tests)."""
+    from hydra import compose, initialize_config_dir
+
+    if not (CONF_DIR / "workload" / f"{name}.yaml").is_file():
+        known = sorted(p.stem for p in (CONF_DIR / "workload").glob("*.yaml"))
+        raise ValueError(f"unknown workload preset {name!r}; expected one of {known}")
+    ov = [f"+workload={name}"] + [
+        o if o.startswith("workload.") else f"workload.{o}" for o in (overrides or [])
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(config_name=None, overrides=ov)
+    return _to_container(cfg.workload)
+
+
+def load_workload(name: str, seed: int = 0, overrides: list[str] | None = None) -> Workload:
+    """``workload_from_config`` of the preset ``conf/workload/<name>.yaml``."""
+    return workload_from_config(compose_workload_config(name, overrides), seed)
+
+
+def split_from_config(df: pd.DataFrame, cfg: Any) -> Split:
+    """Split a training table as ``data.split`` says (kind, fractions, seed, held_out)."""
+    d = _to_container(cfg) if cfg is not None else {}
+    kind = d.get("kind", "grouped")
+    fractions = tuple(d.get("fractions", (0.8, 0.1, 0.1)))
+    if kind == "grouped":
+        return grouped_split(df, fractions, seed=int(d.get("seed", 0)))
+    if kind == "time":
+        return time_split(df, fractions)
+    if kind in ("leave_one_source_out", "leave_one_model_out"):
+        held = d.get("held_out")
+        if held is None:
+            raise ValueError(
+                f"split kind {kind!r} needs data.split.held_out (a "
+                f"{'source' if 'source' in kind else 'model'} name)"
+            )
+        fn = leave_one_source_out if kind == "leave_one_source_out" else leave_one_model_out
+        rest, test = fn(df, str(held))
+        # validation: a grouped slice of the remaining data, so early stopping never sees test
+        f = fractions[1] / max(fractions[0] + fractions[1], 1e-12)
+        inner = grouped_split(rest, (1.0 - f, f, 0.0), seed=int(d.get("seed", 0)))
+        return Split(inner.train, inner.val, test)
+    raise ValueError(
+        f"unknown split kind {kind!r}; expected grouped | time | "
+        "leave_one_source_out | leave_one_model_out"
+    )

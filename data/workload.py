@@ -1,0 +1,738 @@
+"""Multi-tenant workloads: who sends what, when.
+
+A :class:`Workload` is a validated request table with sorted ``arrival_s`` plus the tenants
+(tier, SLOs) that sent it. :func:`build_workload` composes one from a :class:`WorkloadSpec`:
+
+1. *Arrivals* (``ArrivalSpec``): Poisson, Gamma with a given CV, replay of a real trace's
+   timestamps (Azure code/conv, Mooncake), or per-tenant ServeGen rate windows.
+2. *Tenants*: each request gets a tenant (drawn by ``weight``, or from its own ServeGen
+   stream), and each tenant draws (prompt, true output length) rows from its ``mix`` of
+   sources (optionally restricted to some models or categories).
+3. *Lengths*: prompts longer than ``max_prompt_tokens`` are filtered out of the pools (with a
+   FilterReport) and true outputs are capped at the request's ``max_tokens`` (the engine stops
+   generating there, as a real server does), so one request always fits the KV cache of the
+   default engine (a single 24 GB GPU: low tens of thousands of KV tokens).
+
+Randomness: one ``numpy.random.Generator`` per stream, all spawned from ``SeedSequence(seed)``
+in a fixed order (``STREAMS``), so the same seed yields an identical workload and adding a
+stream later (append-only) does not change existing ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data.loaders import load_source
+from data.loaders.servegen import WINDOW_S, load_servegen_windows, top_clients
+from data.schema import TIERS, filter_rows, validate_trace
+
+STREAMS: tuple[str, ...] = (
+    "arrivals",
+    "tenants",
+    "sources",
+    "rows",
+    "samples",
+    "buckets",
+    "prompts",
+)
+"""Named random streams, spawned in this order from the workload seed (append only)."""
+
+ARRIVAL_KINDS = ("poisson", "gamma", "replay", "servegen")
+REPLAY_TRACES = (
+    "azure_code",
+    "azure_conv",
+    "mooncake_conversation",
+    "mooncake_synthetic",
+    "burstgpt",
+)
+MOONCAKE_BUCKET_S = 3.0
+"""The Mooncake conversation trace's timestamps are 3 s buckets (see ``replay_arrivals``)."""
+
+# Per-tier SLOs (seconds) used by the default workload. Premium is interactive chat (a user
+# waits for the first token), standard is tool/code traffic that tolerates a few seconds,
+# batch is offline work judged only on completion within minutes.
+TIER_SLOS: dict[str, tuple[float, float]] = {
+    "premium": (1.0, 60.0),  # (TTFT s, end-to-end s)
+    "standard": (5.0, 120.0),
+    "batch": (60.0, 900.0),
+}
+
+DEFAULT_MAX_TOKENS = 2048
+"""Default generation cap per request (tokens): with ``DEFAULT_MAX_PROMPT_TOKENS`` a request
+needs at most 6,144 KV slots, well inside a 24 GB GPU's cache for an 8B model."""
+DEFAULT_MAX_PROMPT_TOKENS = 4096
+
+
+def spawn_streams(seed: int) -> dict[str, np.random.Generator]:
+    """One independent Generator per name in ``STREAMS``, derived from ``seed``."""
+    if seed is None or int(seed) != seed or seed < 0:
+        raise ValueError(f"workload seed {seed!r}: expected an integer >= 0")
+    children = np.random.SeedSequence(int(seed)).spawn(len(STREAMS))
+    return {name: np.random.default_rng(s) for name, s in zip(STREAMS, children)}
+
+
+# --------------------------------------------------------------------------------------------
+# specs
+
+
+@dataclass(frozen=True)
+class MixItem:
+    """One source a tenant draws requests from."""
+
+    source: str  # a name in data.loaders.SOURCES
+    weight: float = 1.0  # relative share of the tenant's requests
+    models: tuple[str, ...] | None = None  # keep only rows produced by these models
+    categories: tuple[str, ...] | None = None  # keep only rows of these categories
+
+
+@dataclass(frozen=True)
+class TenantSpec:
+    """A tenant: its tier and SLOs, its share of traffic and where its requests come from."""
+
+    name: str
+    tier: str  # premium | standard | batch
+    weight: float  # share of requests (normalised over tenants); ignored for ServeGen arrivals
+    slo_ttft_s: float  # time-to-first-token objective (s)
+    slo_e2e_s: float  # end-to-end latency objective (s)
+    mix: tuple[MixItem, ...]  # sources to draw (prompt, true length) rows from
+    max_tokens: int | None = None  # per-request generation cap; None: the workload's default
+
+    def __post_init__(self) -> None:
+        if self.tier not in TIERS:
+            raise ValueError(
+                f"tenant {self.name!r}: unknown tier {self.tier!r}; expected one of {list(TIERS)}"
+            )
+        if not (self.weight >= 0 and math.isfinite(self.weight)):
+            raise ValueError(f"tenant {self.name!r}: weight {self.weight!r}: expected >= 0")
+        if not (self.slo_ttft_s > 0 and self.slo_e2e_s > 0):
+            raise ValueError(f"tenant {self.name!r}: SLOs must be > 0 seconds")
+        if not self.mix:
+            raise ValueError(f"tenant {self.name!r}: mix is empty; expected at least one source")
+
+
+@dataclass(frozen=True)
+class ArrivalSpec:
+    """How arrival times are generated."""
+
+    kind: str = "poisson"  # poisson | gamma | replay | servegen
+    rate_rps: float | None = None  # mean rate (req/s); required for poisson/gamma, optional
+    # rescale for replay/servegen (None: keep the trace's own rate)
+    cv: float = 1.0  # gamma: coefficient of variation of the gaps (1 = Poisson, > 1 bursty)
+    trace: str = "azure_conv"  # replay: which trace's timestamps to replay
+    start_s: float = 0.0  # replay/servegen: offset into the trace (s) where the replay starts
+    servegen_model: str = "m-large"  # servegen: which ServeGen workload's clients to use
+    servegen_clients: tuple[int, ...] | None = None  # servegen: one client per tenant, in
+    # tenant order; None: the busiest clients of that workload
+    window_s: float = WINDOW_S  # servegen: wall-clock length of one published 600 s window
+    # (smaller compresses a day of rate changes into a short run; rates scale by 600/window_s)
+    rate_scale: float = 1.0  # servegen: multiplies every published client rate (< 1 thins the
+    # traffic so that a few thousand requests span many windows of the rate profile)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ARRIVAL_KINDS:
+            raise ValueError(
+                f"unknown arrival kind {self.kind!r}; expected one of {list(ARRIVAL_KINDS)}"
+            )
+        if self.kind in ("poisson", "gamma") and not (self.rate_rps and self.rate_rps > 0):
+            raise ValueError(f"{self.kind} arrivals need rate_rps > 0, got {self.rate_rps!r}")
+        if self.rate_rps is not None and not self.rate_rps > 0:
+            raise ValueError(f"rate_rps {self.rate_rps!r}: expected > 0 or None")
+        if self.kind == "gamma" and not self.cv > 0:
+            raise ValueError(f"gamma arrivals need cv > 0, got {self.cv!r}")
+        if self.kind == "replay" and self.trace not in REPLAY_TRACES:
+            raise ValueError(f"replay trace {self.trace!r}: expected one of {list(REPLAY_TRACES)}")
+        if not self.window_s > 0:
+            raise ValueError(f"window_s {self.window_s!r}: expected > 0")
+        if not self.rate_scale > 0:
+            raise ValueError(f"rate_scale {self.rate_scale!r}: expected > 0")
+
+    def describe(self) -> str:
+        if self.kind == "poisson":
+            return f"poisson({self.rate_rps:g} req/s)"
+        if self.kind == "gamma":
+            return f"gamma({self.rate_rps:g} req/s, cv={self.cv:g})"
+        rate = f", rescaled to {self.rate_rps:g} req/s" if self.rate_rps else ""
+        if self.kind == "replay":
+            return f"replay({self.trace} from {self.start_s:g} s{rate})"
+        return (
+            f"servegen({self.servegen_model}, clients={self.servegen_clients}, "
+            f"window={self.window_s:g} s, rate x{self.rate_scale:g}{rate})"
+        )
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    name: str
+    tenants: tuple[TenantSpec, ...]
+    arrival: ArrivalSpec = field(default_factory=ArrivalSpec)
+    n_requests: int = 3000  # number of requests
+    max_tokens: int = DEFAULT_MAX_TOKENS  # default per-request generation cap (tokens)
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS  # longer prompts are filtered out
+    sample_outputs: bool = True  # where a source has several sampled lengths per prompt
+    # (CASTILLO), the true length is one of them drawn at random, not always the first
+
+    def __post_init__(self) -> None:
+        if self.n_requests < 1:
+            raise ValueError(f"n_requests {self.n_requests}: expected >= 1")
+        if not self.tenants:
+            raise ValueError("a workload needs at least one tenant")
+        names = [t.name for t in self.tenants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tenant names must be unique, got {names}")
+        if self.arrival.kind != "servegen" and sum(t.weight for t in self.tenants) <= 0:
+            raise ValueError("tenant weights sum to 0; expected a positive total")
+        if self.max_tokens < 1 or self.max_prompt_tokens < 1:
+            raise ValueError("max_tokens and max_prompt_tokens must be >= 1")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> WorkloadSpec:
+        """Build from a Hydra/OmegaConf node or a plain dict (conf/workload/*.yaml).
+
+        ``tenants`` may be a mapping name -> fields (overridable as
+        ``workload.tenants.chat.weight=0.7``) or a list of dicts with a ``name``.
+        """
+        d = _to_container(cfg)
+        d.pop("_target_", None)
+        d.pop("preset", None)
+        known = {
+            "name",
+            "tenants",
+            "arrival",
+            "n_requests",
+            "max_tokens",
+            "max_prompt_tokens",
+            "sample_outputs",
+        }
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"workload config: unknown field(s) {unknown}; expected {sorted(known)}"
+            )
+        tenants_cfg = d.pop("tenants", None)
+        if not tenants_cfg:
+            raise ValueError("workload config: 'tenants' is missing or empty")
+        if isinstance(tenants_cfg, Mapping):
+            items = [{"name": k, **v} for k, v in tenants_cfg.items() if v is not None]
+        else:
+            items = list(tenants_cfg)
+        tenants = tuple(_tenant_from_dict(t) for t in items)
+        arrival = _arrival_from_dict(d.pop("arrival", {}) or {})
+        return cls(tenants=tenants, arrival=arrival, **d)
+
+
+def _to_container(cfg: Any) -> dict[str, Any]:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return dict(cfg)
+
+
+def _tup(v: Any) -> tuple | None:
+    return None if v is None else tuple(v)
+
+
+def _tenant_from_dict(t: Mapping[str, Any]) -> TenantSpec:
+    t = dict(t)
+    name = t.get("name", "?")
+    tier = t.get("tier")
+    slo_ttft, slo_e2e = TIER_SLOS.get(tier, (None, None)) if isinstance(tier, str) else (None, None)
+    mix_cfg = t.pop("mix", None)
+    if not mix_cfg:
+        raise ValueError(f"tenant {name!r}: 'mix' is missing or empty")
+    if isinstance(mix_cfg, Mapping):  # {source: weight} shorthand
+        mix = tuple(MixItem(source=s, weight=float(w)) for s, w in mix_cfg.items())
+    else:
+        mix = tuple(
+            MixItem(
+                source=m["source"],
+                weight=float(m.get("weight", 1.0)),
+                models=_tup(m.get("models")),
+                categories=_tup(m.get("categories")),
+            )
+            for m in mix_cfg
+        )
+    t.setdefault("slo_ttft_s", slo_ttft)
+    t.setdefault("slo_e2e_s", slo_e2e)
+    if t["slo_ttft_s"] is None or t["slo_e2e_s"] is None:
+        raise ValueError(
+            f"tenant {name!r}: set slo_ttft_s and slo_e2e_s (no default for tier {tier!r})"
+        )
+    return TenantSpec(mix=mix, **t)
+
+
+def _arrival_from_dict(a: Mapping[str, Any]) -> ArrivalSpec:
+    a = dict(a)
+    if a.get("servegen_clients") is not None:
+        a["servegen_clients"] = tuple(int(c) for c in a["servegen_clients"])
+    return ArrivalSpec(**a)
+
+
+# --------------------------------------------------------------------------------------------
+# arrival processes (pure: rng in, sorted times out)
+
+
+def poisson_arrivals(n: int, rate_rps: float, rng: np.random.Generator) -> np.ndarray:
+    """``n`` Poisson arrival times (s), shape (n,): exponential gaps of mean 1/rate."""
+    return np.cumsum(rng.exponential(1.0 / rate_rps, size=n))
+
+
+def gamma_arrivals(n: int, rate_rps: float, cv: float, rng: np.random.Generator) -> np.ndarray:
+    """``n`` renewal arrivals with Gamma gaps of mean 1/rate and coefficient of variation ``cv``.
+
+    Gamma(shape k, scale θ) has mean kθ and CV 1/sqrt(k): k = 1/cv², θ = cv²/rate.
+    """
+    k = 1.0 / cv**2
+    return np.cumsum(rng.gamma(k, cv**2 / rate_rps, size=n))
+
+
+def trace_times(trace: str, rng: np.random.Generator) -> np.ndarray:
+    """Arrival times (s) of a shipped trace, sorted, shape (rows,).
+
+    The Mooncake conversation trace publishes 3 s buckets (timestamps are multiples of 3,000 ms
+    up to a few ms of jitter). A replay that kept them would send ~10 requests in the same
+    instant every 3 s, a burst the real service never saw. We spread each request uniformly at
+    random within its bucket, ``bucket * 3 + U(0, 3)`` s, with the workload's ``buckets`` stream,
+    and sort; bucket counts (the published information) are preserved exactly.
+    """
+    t = load_source(trace)["arrival_s"].to_numpy(dtype=np.float64)
+    if trace == "mooncake_conversation":
+        bucket = np.round(t / MOONCAKE_BUCKET_S)
+        t = np.sort(bucket * MOONCAKE_BUCKET_S + rng.uniform(0.0, MOONCAKE_BUCKET_S, len(t)))
+    return t
+
+
+def replay_arrivals(n: int, times: np.ndarray, start_s: float = 0.0) -> np.ndarray:
+    """The first ``n`` arrivals of a trace at or after ``start_s``, shifted to start at 0.
+
+    If the trace runs out, it is tiled: repeated back to back, each copy shifted by the trace
+    span plus one mean gap (so the seam looks like an ordinary gap).
+    """
+    t = np.sort(np.asarray(times, dtype=np.float64))
+    t = t[t >= start_s] - start_s
+    if len(t) < 2:
+        raise ValueError(f"replay: fewer than 2 arrivals after start_s={start_s} s")
+    period = (t[-1] - t[0]) + (t[-1] - t[0]) / (len(t) - 1)
+    reps = -(-n // len(t))
+    tiled = np.concatenate([t + r * period for r in range(reps)])[:n]
+    return tiled - tiled[0]
+
+
+def servegen_arrivals(
+    n: int,
+    model: str,
+    clients: Sequence[int],
+    window_s: float,
+    start_s: float,
+    rng: np.random.Generator,
+    rate_scale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merged arrivals of several ServeGen clients: (times s (n,), client position (n,)).
+
+    Each client follows its published piecewise-constant rate: inside each 600 s window (played
+    in ``window_s`` wall seconds, rate scaled by 600/window_s) gaps are Gamma with that window's
+    rate and CV (ServeGen fits Gamma or Weibull per window; we keep its rate and burstiness).
+    The renewal process restarts at each window boundary. Windows absent from the file have rate
+    0. ``rate_scale`` multiplies every published rate. Windows are generated in time order until ``n`` arrivals exist; if the clients' traces
+    end first, the rate profile repeats.
+    """
+    scale = window_s / WINDOW_S
+    frames = []
+    for pos, c in enumerate(clients):
+        w = load_servegen_windows(model, [c])
+        if w.empty:
+            raise ValueError(f"ServeGen model {model!r} has no client {c}")
+        frames.append(w.assign(pos=pos))
+    win = pd.concat(frames, ignore_index=True).sort_values(["window_start_s", "pos"])
+    horizon = float(win["window_start_s"].max()) + WINDOW_S
+    ws_all = win["window_start_s"].to_numpy(dtype=np.float64)
+    rate_all = win["rate_rps"].to_numpy(dtype=np.float64)
+    cv_all = np.maximum(win["cv"].to_numpy(dtype=np.float64), 1e-3)
+    pos_all = win["pos"].to_numpy(dtype=np.int64)
+    times: list[np.ndarray] = []
+    owner: list[np.ndarray] = []
+    total = 0
+    for cycle in range(1000):
+        first = ws_all >= start_s if cycle == 0 else np.ones(len(ws_all), dtype=bool)
+        # windows in time order; stop after the window in which the n-th arrival fell
+        for ws in np.unique(ws_all[first]):
+            for i in np.flatnonzero(first & (ws_all == ws)):
+                r = rate_all[i] * rate_scale / scale  # req/s in wall time
+                t0 = (cycle * horizon + ws - start_s) * scale
+                k = 1.0 / cv_all[i] ** 2
+                t = _gamma_until(t0, t0 + window_s, r, k, n, rng)
+                times.append(t)
+                owner.append(np.full(len(t), pos_all[i], dtype=np.int64))
+                total += len(t)
+            if total >= n:
+                break
+        if total >= n:
+            break
+    else:
+        raise ValueError("servegen arrivals: the selected clients produce too few requests")
+    all_t = np.concatenate(times)
+    all_o = np.concatenate(owner)
+    order = np.argsort(all_t, kind="stable")[:n]
+    t = all_t[order]
+    return t - t[0], all_o[order]
+
+
+def _gamma_until(
+    t0: float, t1: float, rate: float, shape: float, limit: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Renewal arrivals in [t0, t1) with Gamma(shape, 1/(rate*shape)) gaps, at most ``limit``."""
+    out: list[np.ndarray] = []
+    t, count = t0, 0
+    while t < t1 and count < limit:
+        m = min(limit - count, int(rate * (t1 - t) * 1.2) + 16)
+        pts = t + np.cumsum(rng.gamma(shape, 1.0 / (rate * shape), size=m))
+        t = float(pts[-1])
+        pts = pts[pts < t1]
+        out.append(pts)
+        count += len(pts)
+    return np.concatenate(out)[:limit] if out else np.zeros(0)
+
+
+# --------------------------------------------------------------------------------------------
+# workload
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A request table with sorted arrivals, plus the tenants that produced it."""
+
+    requests: pd.DataFrame  # validated with require_arrivals=True (data/schema.py)
+    tenants: tuple[TenantSpec, ...]
+    name: str
+    seed: int
+    arrival: str  # human-readable description of the arrival process
+    reports: tuple[str, ...] = ()  # explicit filters/caps applied while building
+    spec: WorkloadSpec | None = None
+
+    def __post_init__(self) -> None:
+        req = validate_trace(self.requests, where=f"workload {self.name!r}", require_arrivals=True)
+        object.__setattr__(self, "requests", req)
+        known = {t.name for t in self.tenants}
+        unknown = sorted(set(req["tenant"].unique()) - known)
+        if unknown:
+            raise ValueError(
+                f"workload {self.name!r}: requests name tenants {unknown} that are "
+                f"not in tenants {sorted(known)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    @property
+    def duration_s(self) -> float:
+        a = self.requests["arrival_s"].to_numpy()
+        return float(a[-1] - a[0]) if len(a) > 1 else 0.0
+
+    @property
+    def rate_rps(self) -> float:
+        """Empirical mean rate: (n - 1) gaps over the span from first to last arrival."""
+        d = self.duration_s
+        return (len(self) - 1) / d if d > 0 else math.inf
+
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation of the inter-arrival gaps (1 for Poisson)."""
+        return arrival_cv(self.requests["arrival_s"].to_numpy())
+
+    def tenant(self, name: str) -> TenantSpec:
+        for t in self.tenants:
+            if t.name == name:
+                return t
+        raise KeyError(
+            f"workload {self.name!r} has no tenant {name!r}; "
+            f"expected one of {[t.name for t in self.tenants]}"
+        )
+
+    def tenant_table(self) -> pd.DataFrame:
+        """One row per tenant: tier, weight, SLOs and request count."""
+        counts = self.requests["tenant"].value_counts()
+        return pd.DataFrame(
+            [
+                {
+                    "tenant": t.name,
+                    "tier": t.tier,
+                    "weight": t.weight,
+                    "slo_ttft_s": t.slo_ttft_s,
+                    "slo_e2e_s": t.slo_e2e_s,
+                    "requests": int(counts.get(t.name, 0)),
+                    "mix": ", ".join(f"{m.source}:{m.weight:g}" for m in t.mix),
+                }
+                for t in self.tenants
+            ]
+        )
+
+    def at_rate(self, rate_rps: float) -> Workload:
+        """The same requests with arrival times scaled so that ``rate_rps`` is the mean rate.
+
+        Only the time axis stretches: order, tenants, lengths and the burstiness (CV) are
+        unchanged, so two policies compared at one rate see the identical request sequence.
+        """
+        if not (rate_rps > 0 and math.isfinite(rate_rps)):
+            raise ValueError(f"at_rate: rate_rps {rate_rps!r}: expected a finite rate > 0")
+        if len(self) < 2 or self.duration_s == 0:
+            raise ValueError("at_rate: need at least two distinct arrival times to rescale")
+        req = self.requests.copy()
+        req["arrival_s"] = req["arrival_s"].to_numpy() * (self.rate_rps / rate_rps)
+        return replace(self, requests=req, arrival=f"{self.arrival} at {rate_rps:g} req/s")
+
+    def at_utilisation(self, utilisation: float, capacity_rps: float) -> Workload:
+        """``at_rate(utilisation * capacity_rps)``; the engine supplies ``capacity_rps``."""
+        if not utilisation > 0:
+            raise ValueError(f"utilisation {utilisation!r}: expected > 0")
+        return self.at_rate(utilisation * capacity_rps)
+
+    def head(self, n: int) -> Workload:
+        """The first ``n`` requests (for smoke tests)."""
+        return replace(self, requests=self.requests.iloc[:n].reset_index(drop=True))
+
+
+def arrival_cv(arrivals: np.ndarray) -> float:
+    """CV (std / mean) of the gaps between sorted arrival times; NaN if fewer than 3."""
+    gaps = np.diff(np.asarray(arrivals, dtype=np.float64))
+    if len(gaps) < 2 or gaps.mean() <= 0:
+        return math.nan
+    return float(gaps.std() / gaps.mean())
+
+
+def _pool(item: MixItem, max_prompt_tokens: int, reports: list[str]) -> pd.DataFrame:
+    df = load_source(item.source)
+    if item.models is not None:
+        keep = df["model"].isin(item.models).to_numpy()
+        if not keep.any():
+            raise ValueError(
+                f"mix item {item.source!r}: none of models {list(item.models)} "
+                f"in the source; known: {sorted(df['model'].unique())[:30]}"
+            )
+        df, rep = filter_rows(df, keep, f"{item.source}: models {list(item.models)}")
+        reports.append(str(rep))
+    if item.categories is not None:
+        keep = df["category"].isin(item.categories).to_numpy()
+        if not keep.any():
+            raise ValueError(
+                f"mix item {item.source!r}: none of categories "
+                f"{list(item.categories)}; known: {sorted(df['category'].unique())}"
+            )
+        df, rep = filter_rows(df, keep, f"{item.source}: categories {list(item.categories)}")
+        reports.append(str(rep))
+    df, rep = filter_rows(
+        df,
+        (df["prompt_tokens"] <= max_prompt_tokens).to_numpy(),
+        f"{item.source}: prompt_tokens <= max_prompt_tokens={max_prompt_tokens}",
+    )
+    if rep.removed:
+        reports.append(str(rep))
+    if df.empty:
+        raise ValueError(f"mix item {item.source!r}: no rows left after filtering ({rep})")
+    return df
+
+
+def _tenant_assignment(
+    spec: WorkloadSpec, rngs: dict[str, np.random.Generator]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(arrival times (n,), tenant position (n,)) according to the arrival process."""
+    a, n = spec.arrival, spec.n_requests
+    if a.kind == "servegen":
+        clients = (
+            list(a.servegen_clients)
+            if a.servegen_clients is not None
+            else top_clients(a.servegen_model, len(spec.tenants))
+        )
+        if len(clients) != len(spec.tenants):
+            raise ValueError(
+                f"servegen arrivals: {len(clients)} clients for "
+                f"{len(spec.tenants)} tenants; expected one client per tenant"
+            )
+        t, owner = servegen_arrivals(
+            n, a.servegen_model, clients, a.window_s, a.start_s, rngs["arrivals"], a.rate_scale
+        )
+    else:
+        if a.kind == "poisson":
+            t = poisson_arrivals(n, a.rate_rps, rngs["arrivals"])  # type: ignore[arg-type]
+        elif a.kind == "gamma":
+            t = gamma_arrivals(n, a.rate_rps, a.cv, rngs["arrivals"])  # type: ignore[arg-type]
+        else:
+            t = replay_arrivals(n, trace_times(a.trace, rngs["buckets"]), a.start_s)
+        w = np.array([ten.weight for ten in spec.tenants], dtype=np.float64)
+        owner = rngs["tenants"].choice(len(w), size=n, p=w / w.sum())
+    if a.kind in ("replay", "servegen") and a.rate_rps is not None and n > 1 and t[-1] > t[0]:
+        t = t * (((n - 1) / (t[-1] - t[0])) / a.rate_rps)
+    return t, owner
+
+
+def build_workload(spec: WorkloadSpec, seed: int = 0) -> Workload:
+    """Compose the workload ``spec`` describes; the same (spec, seed) gives identical output."""
+    rngs = spawn_streams(seed)
+    reports: list[str] = []
+    arrivals, owner = _tenant_assignment(spec, rngs)
+    n = spec.n_requests
+    parts: list[pd.DataFrame] = []
+    for pos, ten in enumerate(spec.tenants):
+        idx = np.flatnonzero(owner == pos)  # request positions of this tenant, sorted
+        if len(idx) == 0:
+            continue
+        mw = np.array([m.weight for m in ten.mix], dtype=np.float64)
+        if not mw.sum() > 0:
+            raise ValueError(f"tenant {ten.name!r}: mix weights sum to 0")
+        pick = rngs["sources"].choice(len(mw), size=len(idx), p=mw / mw.sum())
+        for j, item in enumerate(ten.mix):
+            sel = idx[pick == j]
+            if len(sel) == 0:
+                continue
+            pool = _pool(item, spec.max_prompt_tokens, reports)
+            k = len(sel)
+            # without replacement while the pool is big enough: no duplicate prompts
+            rows = rngs["rows"].choice(len(pool), size=k, replace=k > len(pool))
+            if k > len(pool):
+                reports.append(
+                    f"{ten.name}/{item.source}: drew {k} rows from a pool of "
+                    f"{len(pool)} (with replacement)"
+                )
+            got = pool.iloc[rows].reset_index(drop=True)
+            got["_pos"] = sel
+            got["tenant"] = ten.name
+            got["tier"] = ten.tier
+            got["max_tokens"] = ten.max_tokens or spec.max_tokens
+            got["slo_ttft_s"] = ten.slo_ttft_s
+            got["slo_e2e_s"] = ten.slo_e2e_s
+            parts.append(got)
+    req = pd.concat(parts, ignore_index=True).sort_values("_pos", kind="stable")
+    req = req.reset_index(drop=True)
+    if len(req) != n:  # every position was assigned exactly once above
+        raise AssertionError(f"built {len(req)} requests, expected {n}")
+    req = _finish_lengths(req, spec.sample_outputs, rngs["samples"], reports)
+    req["source_request_id"] = req["request_id"]
+    req["request_id"] = [f"{spec.name}:{i:06d}" for i in range(n)]
+    if "prompt_id" in req.columns:
+        req["prompt_id"] = req["prompt_id"].fillna(req["source_request_id"])
+    else:
+        req["prompt_id"] = req["source_request_id"]
+    req["arrival_s"] = arrivals
+    req = req.drop(columns=["_pos"])
+    return Workload(
+        requests=req,
+        tenants=spec.tenants,
+        name=spec.name,
+        seed=int(seed),
+        arrival=spec.arrival.describe(),
+        reports=tuple(dict.fromkeys(reports)),
+        spec=spec,
+    )
+
+
+def _finish_lengths(
+    req: pd.DataFrame, sample_outputs: bool, rng: np.random.Generator, reports: list[str]
+) -> pd.DataFrame:
+    """Pick each request's true length (a random sample where several exist), cap at max_tokens.
+
+    ``output_tokens_uncapped`` keeps the drawn length; ``output_tokens`` is what the engine
+    generates: min(drawn, max_tokens), since generation stops at max_tokens.
+    """
+    out = req["output_tokens"].to_numpy(dtype=np.int64).copy()
+    if sample_outputs and "output_samples" in req.columns:
+        samples = req["output_samples"].tolist()
+        u = rng.random(len(req))  # one draw per request, used only where samples exist
+        for i, s in enumerate(samples):
+            if isinstance(s, tuple) and s:
+                out[i] = s[int(u[i] * len(s))]
+    cap = req["max_tokens"].to_numpy(dtype=np.int64)
+    clipped = out > cap
+    if clipped.any():
+        reports.append(
+            f"capped output_tokens at max_tokens for {int(clipped.sum()):,} of "
+            f"{len(out):,} requests (output_tokens_uncapped keeps the drawn length)"
+        )
+    req["output_tokens_uncapped"] = out
+    req["output_tokens"] = np.minimum(out, cap)
+    return req
+
+
+# --------------------------------------------------------------------------------------------
+# the default multi-tenant workload (rationale: data/README.md, "Default workload")
+
+DEFAULT_TENANTS: tuple[TenantSpec, ...] = (
+    TenantSpec(
+        "chat",
+        "premium",
+        0.5,
+        *TIER_SLOS["premium"],
+        mix=(
+            MixItem("sharegpt", 0.6),
+            MixItem("alpaca_eval", 0.4, models=("Meta-Llama-3.1-8B-Instruct-Turbo",)),
+        ),
+    ),
+    TenantSpec(
+        "code",
+        "standard",
+        0.3,
+        *TIER_SLOS["standard"],
+        mix=(
+            MixItem(
+                "castillo", 1.0, models=("meta-llama--Llama-3.1-8B-Instruct",), categories=("code",)
+            ),
+        ),
+    ),
+    TenantSpec(
+        "batch",
+        "batch",
+        0.2,
+        *TIER_SLOS["batch"],
+        mix=(
+            MixItem(
+                "castillo",
+                0.5,
+                models=("meta-llama--Llama-3.1-8B-Instruct",),
+                categories=(
+                    "instruction",
+                    "creative_writing",
+                    "brainstorming",
+                    "general_qa",
+                    "summarization",
+                    "information_extraction",
+                ),
+            ),
+            MixItem("vidur_arxiv", 0.5),
+        ),
+    ),
+)
+
+
+def default_spec(n_requests: int = 3000) -> WorkloadSpec:
+    """The default shared-cluster workload: chat (premium), code (standard), batch (batch) on
+    replayed Azure conversation arrivals."""
+    return WorkloadSpec(
+        name="default",
+        tenants=DEFAULT_TENANTS,
+        arrival=ArrivalSpec(kind="replay", trace="azure_conv"),
+        n_requests=n_requests,
+    )
+
+
+def default_workload(seed: int = 0, n_requests: int = 3000) -> Workload:
+    return build_workload(default_spec(n_requests), seed)
+
+
+def spec_to_dict(spec: WorkloadSpec) -> dict[str, Any]:
+    """A plain dict (JSON/YAML-able) of a spec; ``WorkloadSpec.from_config`` reads it back."""
+    d = asdict(spec)
+    d["tenants"] = {t.pop("name"): t for t in d["tenants"]}
+    for t in d["tenants"].values():
+        t["mix"] = [
+            {k: (list(v) if isinstance(v, tuple) else v) for k, v in m.items()} for m in t["mix"]
+        ]
+    if d["arrival"]["servegen_clients"] is not None:
+        d["arrival"]["servegen_clients"] = list(d["arrival"]["servegen_clients"])
+    return d

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: install (if needed) then run the whole suite, real vLLM tests included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+. .venv/bin/activate
+# One thread everywhere: two shared cores make multi-threaded LightGBM/torch many times slower.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
+export WANDB_MODE=offline WANDB_SILENT=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+exec python -m pytest "$@"
