@@ -1,0 +1,441 @@
+"""The engine-side policy driver: SchedRequest mirrors, batched policy hooks, keys, faults.
+
+This module does not import vLLM: the vLLM scheduler subclass in :mod:`scheduler.live.adapter`
+translates vLLM's request objects into calls on a :class:`PolicyDriver`, which
+
+* keeps one :class:`SchedRequest` mirror per live vLLM request (keyed by vLLM's internal id),
+  built from the workload row the replay client attaches to the request
+  (``SamplingParams.extra_args["driftsched"]``, see :func:`request_meta`);
+* calls the policy's hooks batched, once per engine step (arrivals, admissions, ends,
+  ``on_step``, ``preempt``) and computes every key in one place (:meth:`PolicyDriver.keys`);
+* falls back when the policy raises or returns a non-finite key: the error is logged once
+  (with its traceback), the step uses the fallback policy's keys (FIFO unless configured) and
+  serving continues; the number of faults is reported in the run summary;
+* times everything it does per step (``policy_us``: mirror sync + hooks + keys + re-heapify);
+* writes per-request scheduler-side records and per-step records as JSON lines into the run's
+  sink directory, so the client can read them back in either process mode.
+
+Clock: ``now`` is seconds since the run's start ``t0`` on ``time.monotonic`` (system-wide on
+Linux, so client and engine-core processes agree); ``t0`` travels with each request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.policies.base import Policy
+from scheduler.request import SchedRequest, Status
+
+logger = logging.getLogger("driftsched.live")
+
+META_KEY = "driftsched"
+"""Key of our metadata inside ``SamplingParams.extra_args`` (and of ``additional_config``)."""
+
+SINK_REQUESTS = "sched_requests.jsonl"
+SINK_STEPS = "sched_steps.jsonl"
+
+
+class FifoPolicy(Policy):
+    """Arrival order: the built-in fallback when a policy faults (no dependency on others)."""
+
+    name = "fifo_fallback"
+
+    def key(self, request: SchedRequest, now: float) -> float:
+        return request.arrival_s
+
+
+def instantiate_policy(spec: Mapping[str, Any] | str | None) -> Policy:
+    """Build a policy from a Hydra-style spec (dict or its JSON text); ``None`` gives FIFO."""
+    if spec is None:
+        return FifoPolicy()
+    if isinstance(spec, str):
+        spec = json.loads(spec)
+    if not isinstance(spec, Mapping) or "_target_" not in spec:
+        raise ValueError(
+            f"policy spec {spec!r}: expected a mapping with a '_target_' key "
+            "(e.g. {'_target_': 'scheduler.policies.sjf.SJFPolicy'})"
+        )
+    from hydra.utils import instantiate
+
+    policy = instantiate(dict(spec), _convert_="all")
+    if not isinstance(policy, Policy):
+        raise TypeError(
+            f"policy spec {spec['_target_']!r} built a {type(policy).__name__}; "
+            "expected a scheduler.policies.base.Policy"
+        )
+    return policy
+
+
+def request_meta(extra_args: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Our metadata attached to a request by the replay client, or ``None``."""
+    if not extra_args:
+        return None
+    meta = extra_args.get(META_KEY)
+    return dict(meta) if isinstance(meta, Mapping) else None
+
+
+@dataclass
+class StepRecord:
+    """What one engine step computed (the simulator's cost-model inputs) and how long it took."""
+
+    step: int
+    t_start: float  # s since t0, when schedule() began
+    exec_s: float = math.nan  # schedule() return -> update_from_output() entry (model time)
+    sched_s: float = math.nan  # time inside schedule() (vLLM's own + the policy's)
+    policy_us: float = 0.0  # time spent in the driver this step (mirrors, hooks, keys, heapify)
+    prefill_tokens: int = 0  # prompt / recompute tokens scheduled
+    prefill_seqs: int = 0
+    decode_seqs: int = 0  # requests generating one token
+    kv_tokens: int = 0  # context attended: sum over scheduled of (computed before + scheduled)
+    prefill_pairs: float = 0.0  # sum over prefill chunks of chunk * (context_before + chunk / 2)
+    num_running: int = 0
+    num_waiting: int = 0
+    num_preempted: int = 0  # by vLLM under KV pressure, this step
+    num_policy_preempted: int = 0  # voluntary, asked for by the policy
+    num_admitted: int = 0  # requests scheduled from the waiting queue this step
+    kv_tokens_held: int = 0  # KV slots in use after scheduling (blocks * block_size)
+    waiting_by_tier: dict[str, int] = field(default_factory=dict)  # at step start
+    running_by_tier: dict[str, int] = field(default_factory=dict)  # in the step
+    kv_usage: float = math.nan  # fraction of KV blocks in use after scheduling
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RunState:
+    """Per-run state: policy, clock origin, sink."""
+
+    run_id: str
+    policy: Policy
+    t0: float  # time.monotonic() at the run's start
+    sink: Path | None
+    fallback: Policy = field(default_factory=FifoPolicy)
+    faults: int = 0
+    fault_messages: list[str] = field(default_factory=list)
+
+
+class PolicyDriver:
+    """Runs one Policy over the mirrors of the requests a vLLM scheduler holds."""
+
+    def __init__(
+        self,
+        default_policy_spec: Mapping[str, Any] | str | None = None,
+        fallback_spec: Mapping[str, Any] | str | None = None,
+        default_sink: str | None = None,
+    ) -> None:
+        self.default_policy_spec = default_policy_spec
+        self.fallback_spec = fallback_spec
+        self.default_sink = default_sink
+        self.mirrors: dict[str, SchedRequest] = {}  # vLLM internal id -> mirror
+        self.waiting: dict[str, SchedRequest] = {}  # the waiting subset (insertion ordered)
+        self.waiting_by_tier: dict[str, int] = {}  # counts kept at transitions (O(1) a step)
+        self.arrived: list[SchedRequest] = []  # not yet passed to on_arrival
+        self.ended: list[tuple[SchedRequest, bool]] = []  # (mirror, aborted) not yet reported
+        self.injected: dict[str, Policy] = {}  # run id -> policy object (in-process mode)
+        self.run: RunState | None = None
+        self.step_no = 0
+        self.overhead_us = 0.0  # driver time spent outside schedule() (add_request), this step
+        self._steps: list[dict[str, Any]] = []  # step lines not yet written to the sink
+        self._req_lines: list[dict[str, Any]] = []
+
+    # ---------------------------------------------------------------- runs and clock
+    def inject_policy(self, run_id: str, policy: Policy) -> None:
+        """In-process mode: use this policy object for requests tagged with ``run_id``."""
+        self.injected[run_id] = policy
+
+    def ensure_run(self, meta: Mapping[str, Any] | None) -> RunState:
+        run_id = str(meta.get("run", "")) if meta else ""
+        if self.run is not None and (not meta or self.run.run_id == run_id):
+            return self.run
+        if self.run is not None:
+            self.flush()
+            if self.mirrors:
+                logger.warning(
+                    "driftsched: run %r starts while %d request(s) of run %r are "
+                    "live; the new run's policy takes them over",
+                    run_id,
+                    len(self.mirrors),
+                    self.run.run_id,
+                )
+        if run_id in self.injected:
+            policy = self.injected.pop(run_id)
+        else:
+            spec = meta.get("policy") if meta and meta.get("policy") else self.default_policy_spec
+            policy = instantiate_policy(spec)
+        fallback = instantiate_policy(self.fallback_spec) if self.fallback_spec else FifoPolicy()
+        sink = meta.get("sink") if meta else None
+        sink = sink or self.default_sink
+        t0 = float(meta["t0"]) if meta and "t0" in meta else time.monotonic()
+        self.run = RunState(
+            run_id=run_id,
+            policy=policy,
+            t0=t0,
+            sink=Path(sink) if sink else None,
+            fallback=fallback,
+        )
+        if self.run.sink is not None:
+            self.run.sink.mkdir(parents=True, exist_ok=True)
+        old = list(self.mirrors.values())
+        if old:
+            self._safe("on_arrival", lambda p: p.on_arrival(old, self.now()))
+        return self.run
+
+    def now(self) -> float:
+        t0 = self.run.t0 if self.run is not None else 0.0
+        return time.monotonic() - t0
+
+    # ---------------------------------------------------------------- faults
+    def _fault(self, where: str, exc: BaseException | None, detail: str = "") -> None:
+        run = self.run
+        assert run is not None
+        run.faults += 1
+        if run.faults == 1:  # log once per run, with the traceback
+            tb = "".join(traceback.format_exception(exc)) if exc is not None else ""
+            logger.error(
+                "driftsched: policy %r faulted in %s (%s); falling back to %s keys "
+                "for the affected steps and continuing to serve. Further faults "
+                "are counted, not logged.\n%s",
+                run.policy.name,
+                where,
+                detail or repr(exc),
+                run.fallback.name,
+                tb,
+            )
+        if len(run.fault_messages) < 5:
+            run.fault_messages.append(f"{where}: {detail or repr(exc)}")
+
+    def _safe(self, where: str, call, feed_fallback: bool = True) -> Any:
+        """Call a policy hook; on error record a fault. The fallback sees the same hooks."""
+        run = self.run
+        assert run is not None
+        try:
+            out = call(run.policy)
+        except Exception as exc:
+            self._fault(where, exc)
+            out = None
+        if feed_fallback and not isinstance(run.fallback, FifoPolicy):
+            with contextlib.suppress(Exception):  # the fallback is best effort
+                call(run.fallback)
+        return out
+
+    # ---------------------------------------------------------------- request lifecycle
+    def add(
+        self,
+        internal_id: str,
+        meta: Mapping[str, Any] | None,
+        num_prompt_tokens: int,
+        max_tokens: int,
+    ) -> SchedRequest:
+        """A request entered vLLM's scheduler (``Scheduler.add_request``)."""
+        self.ensure_run(meta)
+        row = dict(meta.get("row", {})) if meta else {}
+        now = self.now()
+        m = SchedRequest(
+            request_id=str(row.get("request_id", internal_id)),
+            index=int(row.get("index", len(self.mirrors))),
+            tenant=str(row.get("tenant", "unknown")),
+            tier=str(row.get("tier", "standard")),
+            category=str(row.get("category", "unknown")),
+            source=str(row.get("source", "unknown")),
+            model=str(row.get("model", "unknown")),
+            prompt=row.get("prompt"),
+            prompt_tokens=int(num_prompt_tokens),
+            max_tokens=int(max_tokens),
+            arrival_s=float(row.get("arrival_s", now)),
+            true_output_tokens=int(row.get("true_output_tokens", max_tokens)),
+        )
+        self.mirrors[internal_id] = m
+        self._to_waiting(internal_id, m)
+        self.arrived.append(m)
+        return m
+
+    def ended_request(self, internal_id: str, aborted: bool) -> None:
+        """vLLM freed a request (finished, aborted or errored)."""
+        m = self.mirrors.pop(internal_id, None)
+        if m is None:
+            return
+        self._from_waiting(internal_id)
+        m.status = Status.ABORTED if aborted else Status.FINISHED
+        m.finish_s = self.now()
+        self.ended.append((m, aborted))
+
+    def report_ended(self, flush: bool = True) -> None:
+        """Batched on_finish / on_abort, then the requests' sink lines."""
+        if not self.ended:
+            return
+        ended, self.ended = self.ended, []
+        now = self.now()
+        self._deliver_arrivals(now)  # every ended request has seen on_arrival first
+        fin = [m for m, a in ended if not a]
+        ab = [m for m, a in ended if a]
+        if fin:
+            self._safe("on_finish", lambda p: p.on_finish(fin, now))
+        if ab:
+            self._safe("on_abort", lambda p: p.on_abort(ab, now))
+        for m, _ in ended:
+            self._req_lines.append(sched_record(m))
+        if flush:
+            self.flush()
+
+    def _deliver_arrivals(self, now: float) -> None:
+        if self.arrived:
+            arrived, self.arrived = self.arrived, []
+            self._safe("on_arrival", lambda p: p.on_arrival(arrived, now))
+
+    # ---------------------------------------------------------------- per step
+    def begin_step(self, running: Sequence[SchedRequest]) -> list[SchedRequest]:
+        """Arrivals and on_step; returns the policy's voluntary preemption victims."""
+        if self.run is None:
+            return []
+        self.report_ended(flush=False)
+        now = self.now()
+        self._deliver_arrivals(now)
+        waiting = list(self.waiting.values())
+        policy = self.run.policy
+        if policy.uses_step_hook:
+            self._safe("on_step", lambda p: p.on_step(running, waiting, now))
+        if not waiting or not running:
+            return []
+        victims = (
+            self._safe("preempt", lambda p: p.preempt(running, waiting, now), feed_fallback=False)
+            or []
+        )
+        if not isinstance(victims, list | tuple):
+            self._fault("preempt", None, f"returned {type(victims).__name__}, expected a list")
+            return []
+        live = {id(m) for m in running}
+        # Bound: only running requests, each once, at most one per waiting request.
+        out, seen = [], set()
+        for v in victims:
+            if id(v) in live and id(v) not in seen and len(out) < len(waiting):
+                out.append(v)
+                seen.add(id(v))
+        return out
+
+    def keys(self, mirrors: Sequence[SchedRequest], now: float) -> list[float]:
+        """Policy keys for ``mirrors``; the fallback's keys if the policy raises or gives NaN."""
+        run = self.run
+        assert run is not None
+        try:
+            ks = [float(run.policy.key(m, now)) for m in mirrors]
+            if all(math.isfinite(k) for k in ks):
+                for m, k in zip(mirrors, ks):
+                    m.sched_key = k
+                return ks
+            bad = next(m for m, k in zip(mirrors, ks) if not math.isfinite(k))
+            self._fault("key", None, f"non-finite key for request {bad.request_id!r}")
+        except Exception as exc:
+            self._fault("key", exc)
+        ks = [float(run.fallback.key(m, now)) for m in mirrors]
+        for m, k in zip(mirrors, ks):
+            m.sched_key = k
+        return ks
+
+    def take_changed(self) -> list[SchedRequest]:
+        """Waiting mirrors whose key the policy changed (``incremental_keys`` policies)."""
+        try:
+            return list(self.run.policy.take_changed()) if self.run is not None else []
+        except Exception as exc:
+            self._fault("take_changed", exc)
+            return list(self.waiting.values())  # re-key them all this step
+
+    def admitted(self, internal_ids: Iterable[str]) -> None:
+        now = self.now()
+        adm = []
+        for rid in internal_ids:
+            m = self._from_waiting(rid)
+            if m is None:
+                continue
+            m.status = Status.RUNNING
+            if math.isnan(m.admitted_s):
+                m.admitted_s = now
+            adm.append(m)
+        if adm:
+            self._safe("on_admit", lambda p: p.on_admit(adm, now))
+
+    def preempted(self, internal_id: str, by_policy: bool) -> SchedRequest | None:
+        m = self.mirrors.get(internal_id)
+        if m is None:
+            return None
+        m.status = Status.WAITING
+        m.num_computed_tokens = 0
+        if by_policy:
+            m.n_policy_preemptions += 1
+        self._to_waiting(internal_id, m)
+        return m
+
+    def _to_waiting(self, internal_id: str, m: SchedRequest) -> None:
+        if internal_id not in self.waiting:
+            self.waiting[internal_id] = m
+            self.waiting_by_tier[m.tier] = self.waiting_by_tier.get(m.tier, 0) + 1
+
+    def _from_waiting(self, internal_id: str) -> SchedRequest | None:
+        m = self.waiting.pop(internal_id, None)
+        if m is not None:
+            self.waiting_by_tier[m.tier] -= 1
+        return m
+
+    def record_step(self, rec: StepRecord) -> None:
+        self._steps.append(rec.to_json())
+        if len(self._steps) >= 512:
+            self.flush()
+
+    def has_unflushed_requests(self) -> bool:
+        return bool(self._req_lines)
+
+    def flush(self) -> None:
+        run = self.run
+        if run is None or run.sink is None or not run.sink.is_dir():
+            # no sink, or the client already collected the run and removed it
+            self._steps.clear()
+            self._req_lines.clear()
+            return
+        if self._req_lines:
+            with (run.sink / SINK_REQUESTS).open("a", encoding="utf-8") as f:
+                for line in self._req_lines:
+                    f.write(json.dumps(line) + "\n")
+            self._req_lines.clear()
+        if self._steps:
+            with (run.sink / SINK_STEPS).open("a", encoding="utf-8") as f:
+                for line in self._steps:
+                    f.write(json.dumps(line) + "\n")
+            self._steps.clear()
+        summary = {
+            "run": run.run_id,
+            "policy": run.policy.name,
+            "faults": run.faults,
+            "fault_messages": run.fault_messages,
+            "live_requests": len(self.mirrors),
+            "policy_class": f"{type(run.policy).__module__}.{type(run.policy).__qualname__}",
+        }
+        (run.sink / "sched_summary.json").write_text(json.dumps(summary))
+
+
+def sched_record(m: SchedRequest) -> dict[str, Any]:
+    """The scheduler-side fields of a request's record (the client adds token timings)."""
+    return {
+        "request_id": m.request_id,
+        "status": m.status.value,
+        "admitted_s": m.admitted_s,
+        "num_preemptions": m.num_preemptions,
+        "n_policy_preemptions": m.n_policy_preemptions,
+        "num_output_tokens": m.num_output_tokens,
+        "est_output_tokens": m.est_output_tokens,
+        "est_output_p90": m.est_output_p90,
+        "est_remaining": m.est_remaining,
+        "est_class": m.est_class,
+        "n_reclassified": m.n_reclassified,
+        "sched_key": m.sched_key,
+        "est_history": [list(h) for h in m.est_history],
+        "finish_s": m.finish_s,
+    }
