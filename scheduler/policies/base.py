@@ -15,12 +15,24 @@ the engine's. The contract both engines follow every step:
 ``key`` must be cheap and deterministic. If ``dynamic_keys`` is False the key of a waiting
 request never changes after ``on_arrival`` (engines may keep a heap); if True engines re-rank the
 waiting queue after every ``on_step``.
+
+Optional extensions (defaults keep the contract above; engines may ignore them):
+
+* ``incremental_keys`` (with ``dynamic_keys``): the policy reports waiting requests whose key
+  changed through ``take_changed()`` after ``on_step``, so an engine can keep its heap and re-push
+  only those (O(changed log n) per step instead of re-sorting the queue).
+* ``ranked(waiting, now)``: the waiting queue in admission order; a dynamic policy may override
+  it with something faster than sorting by ``key`` (it must agree with ``key`` on the first
+  request). Engines use it for dynamic, non-incremental policies.
+* ``prepare(requests)``: called once before serving with every request the engine will serve,
+  so a policy can batch admission-time work (featurising prompts) over the whole trace. It may
+  use admission-time fields only; a policy must also work without it (live arrivals).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
 from scheduler.request import SchedRequest
@@ -31,6 +43,11 @@ class Policy(ABC):
     dynamic_keys: ClassVar[bool] = False
     # True when the policy overrides on_step (engines skip the call otherwise: it is per step)
     uses_step_hook: ClassVar[bool] = False
+    # True when a dynamic policy reports changed keys through take_changed() (see module doc)
+    incremental_keys: ClassVar[bool] = False
+
+    def prepare(self, requests: Sequence[SchedRequest]) -> None:  # noqa: B027
+        """Optional: batch admission-time work over every request before serving starts."""
 
     def on_arrival(self, requests: Sequence[SchedRequest], now: float) -> None:  # noqa: B027
         """New requests entered the waiting queue (batched)."""
@@ -38,8 +55,9 @@ class Policy(ABC):
     def on_admit(self, requests: Sequence[SchedRequest], now: float) -> None:  # noqa: B027
         """Requests were scheduled from the waiting queue (first admission or re-admission)."""
 
-    def on_step(self, running: Sequence[SchedRequest], waiting: Sequence[SchedRequest],
-                now: float) -> None:  # noqa: B027
+    def on_step(  # noqa: B027
+        self, running: Sequence[SchedRequest], waiting: Sequence[SchedRequest], now: float
+    ) -> None:
         """Called once per engine step before ordering (re-prediction goes here)."""
 
     def on_finish(self, requests: Sequence[SchedRequest], now: float) -> None:  # noqa: B027
@@ -52,10 +70,20 @@ class Policy(ABC):
     def key(self, request: SchedRequest, now: float) -> float:
         """Ordering key: lower is served sooner; the largest running key is preempted first."""
 
-    def preempt(self, running: Sequence[SchedRequest], waiting: Sequence[SchedRequest],
-                now: float) -> list[SchedRequest]:
+    def preempt(
+        self, running: Sequence[SchedRequest], waiting: Sequence[SchedRequest], now: float
+    ) -> list[SchedRequest]:
         """Running requests to preempt voluntarily this step (default: none)."""
         return []
+
+    def take_changed(self) -> Sequence[SchedRequest]:
+        """Waiting requests whose key changed since the last call (``incremental_keys``)."""
+        return ()
+
+    def ranked(self, waiting: Sequence[SchedRequest], now: float) -> Iterable[SchedRequest]:
+        """The waiting queue in admission order (ascending ``(key, arrival_s, index)``)."""
+        key = self.key
+        return sorted(waiting, key=lambda r: (key(r, now), r.arrival_s, r.index))
 
     def describe(self) -> dict[str, object]:
         """Flat parameters for logs and summaries."""

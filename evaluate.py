@@ -1,0 +1,282 @@
+"""``python evaluate.py``: policies drive an engine over a workload; QoS metrics out.
+
+    python evaluate.py                         # every policy in `compare`, comparison table
+    python evaluate.py +policy=drift           # one policy
+    python evaluate.py -m +policy=fifo,sjf,drift seed=0,1,2
+    python evaluate.py engine=sim_paper workload=paper utilisation=1.05 logger=none
+
+Thin entry: compose -> workload (``data.presets``) -> engine (``hydra.utils.instantiate``) ->
+load = utilisation x ``engine.capacity_rps(workload)`` -> ``engine.run(workload, policy)`` ->
+``scheduler.metrics.summarize`` -> ``records.parquet``, ``steps.parquet``, ``summary.json``
+(atomic writes) in the Hydra run directory (one sub-directory per policy for the bare command,
+plus ``comparison.csv``) -> wandb via ``report.tracking`` (one run per policy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+LTR_FCFS_RATIO = 2.8  # Learning-to-Rank (Fu et al., 2024): FCFS / LTR latency on chatbot traffic
+
+
+def _original_cwd() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(hydra.utils.get_original_cwd())
+    return Path.cwd()
+
+
+def _resolve(p: str | os.PathLike[str]) -> Path:
+    path = Path(p)
+    return path if path.is_absolute() else _original_cwd() / path
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same directory, then rename (no torn files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def _clean(o: Any) -> Any:
+    """NaN/inf -> None so summary.json is strict JSON."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, Mapping):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_clean(v) for v in o]
+    return o
+
+
+def write_outputs(out_dir: Path, result: Any, summary: Mapping[str, Any]) -> None:
+    _atomic_write(out_dir / "records.parquet", lambda p: result.records.to_parquet(p))
+    _atomic_write(out_dir / "steps.parquet", lambda p: result.steps.to_parquet(p))
+    _atomic_write(
+        out_dir / "summary.json",
+        lambda p: p.write_text(
+            json.dumps(_clean(summary), indent=2, default=_json_default, allow_nan=False)
+        ),
+    )
+
+
+def workload_slos(workload: Any) -> dict[str, tuple[float, float]]:
+    """(TTFT s, E2E s) per tenant from the workload's tenants, and per tier as a fallback."""
+    from data.workload import TIER_SLOS
+
+    slos: dict[str, tuple[float, float]] = dict(TIER_SLOS)
+    for t in getattr(workload, "tenants", ()):
+        slos[t.name] = (float(t.slo_ttft_s), float(t.slo_e2e_s))
+    return slos
+
+
+def policy_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The policy (``+policy=x``) or, for the bare command, every policy in ``compare``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if cfg.get("policy") is not None:
+        name = None
+        if HydraConfig.initialized():
+            name = HydraConfig.get().runtime.choices.get("policy")
+        return {name or str(cfg.policy.get("_target_", "policy")).rsplit(".", 1)[-1]: cfg.policy}
+    conf_dir = Path(__file__).resolve().parent / "conf" / "policy"
+    out = {}
+    for name in cfg.compare:
+        path = conf_dir / f"{name}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in conf_dir.glob("*.yaml"))
+            raise ValueError(
+                f"compare: unknown policy {name!r}; expected one of {known} "
+                "(conf/policy/<name>.yaml)"
+            )
+        out[str(name)] = _compose_policy(str(name), cfg, path)
+    return out
+
+
+def _compose_policy(name: str, cfg: DictConfig, path: Path) -> DictConfig:
+    """``+policy=name`` composed by Hydra with this run's overrides (defaults lists and
+    interpolations such as ``${predictor_dir}`` resolve exactly as for a single-policy run)."""
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    if GlobalHydra.instance().is_initialized() and HydraConfig.initialized():
+        task = [
+            o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith("policy")
+        ]
+        return compose(config_name="evaluate", overrides=[*task, f"+policy={name}"]).policy
+    # outside a Hydra app: the file itself, resolved against this config's keys
+    root = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    root.policy = OmegaConf.load(path)
+    return root.policy
+
+
+def build_policy(pcfg: DictConfig, cfg: DictConfig) -> Any:
+    from hydra.utils import instantiate
+
+    kwargs = {}
+    if "predictor_dir" in pcfg:
+        kwargs["predictor_dir"] = str(_resolve(pcfg.predictor_dir))
+    return instantiate(pcfg, **kwargs)
+
+
+def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Run every selected policy on one workload and engine; returns summaries by policy."""
+    from hydra.utils import instantiate
+
+    from data.presets import workload_from_config
+    from report.progress import sim_observer
+    from report.tracking import evaluate_identity, log_evaluation, start_run
+    from scheduler.metrics import comparison_table, summarize
+
+    seed = int(cfg.seed)
+    workload = workload_from_config(cfg.workload, seed=seed)
+    engine = instantiate(cfg.engine)
+    if cfg.get("rate_rps") is not None:
+        rate = float(cfg.rate_rps)
+        capacity = float("nan")
+    else:
+        capacity = float(engine.capacity_rps(workload))
+        rate = float(cfg.utilisation) * capacity
+    workload = workload.at_rate(rate)
+    slos = workload_slos(workload)
+    pcfgs = policy_configs(cfg)
+    single = len(pcfgs) == 1 and cfg.get("policy") is not None
+    print(
+        f"workload {workload.name!r} seed {seed}: {len(workload)} requests, "
+        f"capacity {capacity:.3f} req/s, load {rate:.3f} req/s "
+        f"(utilisation {cfg.utilisation if cfg.get('rate_rps') is None else 'n/a'})"
+    )
+    summaries: dict[str, dict[str, Any]] = {}
+    lcfg = OmegaConf.to_container(cfg.logger, resolve=True)
+    for name, pcfg in pcfgs.items():
+        policy = build_policy(pcfg, cfg)
+        out_dir = run_dir if single else run_dir / name
+        params = OmegaConf.to_container(pcfg, resolve=True)
+        identity = evaluate_identity(
+            policy=name,
+            workload=workload.name,
+            seed=seed,
+            engine=engine.name,
+            utilisation=None if cfg.get("rate_rps") is not None else float(cfg.utilisation),
+            rate_rps=rate,
+            policy_params=params,
+            engine_params=engine.describe(),
+            name=cfg.get("run_name"),
+            extra={"capacity_rps": capacity},
+        )
+        with start_run(lcfg, identity, dir=out_dir) as tracker:
+            observer = None
+            if hasattr(engine, "observer"):  # the simulator: quiet progress in simulated time
+                observer = sim_observer(f"{name} (sim)", workload)
+                engine.observer = observer
+            t0 = time.perf_counter()
+            try:
+                result = engine.run(workload, policy)
+            finally:
+                if observer is not None:
+                    observer.close()
+                    engine.observer = None
+            wall = time.perf_counter() - t0
+            extra = {
+                "policy": name,
+                "engine": engine.name,
+                "workload": workload.name,
+                "seed": seed,
+                "utilisation": cfg.utilisation,
+                "rate_rps": rate,
+                "capacity_rps": capacity,
+                "sim_wall_s": wall,
+                "policy_params": policy.describe(),
+                "engine_meta": {
+                    k: v for k, v in result.meta.items() if isinstance(v, int | float | str | bool)
+                },
+            }
+            summary = summarize(result.records, slos, extra)
+            write_outputs(out_dir, result, summary)  # summary.json last: marks the job finished
+            log_evaluation(tracker, _clean(summary))
+            summaries[name] = summary
+        lat = summary["latency"]
+        print(
+            f"  {name:14s} E2E mean {lat['e2e_s']['mean']:8.2f} s  p99 "
+            f"{lat['e2e_s']['p99']:8.2f} s  TTFT p99 {lat['ttft_s']['p99']:8.2f} s  "
+            f"SLO {summary['slo']['attainment']:.3f}  ({wall:.1f} s)"
+        )
+    if len(summaries) > 1:
+        table = comparison_table(summaries, baseline=cfg.baseline, reference=cfg.reference)
+        _atomic_write(run_dir / "comparison.csv", lambda p: table.to_csv(p))
+        print()
+        print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+        if "drift" in table.index and cfg.baseline in table.index:
+            ratio = table.loc[cfg.baseline, "e2e_mean"] / table.loc["drift", "e2e_mean"]
+            print(
+                f"\nmean E2E {cfg.baseline}/drift = {ratio:.2f}x (Learning-to-Rank reports "
+                f"{LTR_FCFS_RATIO}x FCFS/LTR on chatbot traffic)"
+            )
+        identity = evaluate_identity(
+            policy="compare",
+            workload=workload.name,
+            seed=seed,
+            engine=engine.name,
+            utilisation=float(cfg.utilisation),
+            rate_rps=rate,
+            name=f"compare-{workload.name}-{seed}",
+            extra={"compare": ",".join(summaries)},
+        )
+        with start_run(lcfg, identity, dir=run_dir) as tracker:
+            tracker.log_table("comparison", table.reset_index())
+    return summaries
+
+
+def finished_same_config(run_dir: Path, cfg: DictConfig) -> bool:
+    """True if ``run_dir`` holds a finished evaluation (``report.runs.job_finished``) whose
+    saved ``config.yaml`` equals ``cfg`` (a re-run of a resumable sweep skips it)."""
+    from report.runs import job_finished
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file() or not job_finished(run_dir):
+        return False
+    old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    return old == OmegaConf.to_container(cfg, resolve=False)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.get("skip_finished") and finished_same_config(run_dir, cfg):
+        print(f"skipping {run_dir}: it holds a finished run of this config (skip_finished=true)")
+        return None
+    _atomic_write(run_dir / "config.yaml", lambda p: OmegaConf.save(cfg, p))
+    summaries = evaluate(cfg, run_dir)
+    if len(summaries) == 1:  # the value a sweeper would optimise
+        return float(next(iter(summaries.values()))["latency"]["e2e_s"]["mean"])
+    return None
+
+
+if __name__ == "__main__":
+    main()

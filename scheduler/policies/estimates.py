@@ -1,0 +1,200 @@
+"""Output-length estimates for the learned policies (``sjf``, ``drift``).
+
+:class:`LearnedLengths` wraps ``predictor.serving`` (admission p50/p90, remaining p50/p90 given
+the tokens generated so far) with an online recalibration (``predictor.online``) and a safety
+net: if the predictor raises or returns NaN/inf, it logs once and every later call uses
+:class:`CalibratedHeuristic`, an online empirical model of the lengths of finished requests.
+Missing artifacts are not a runtime failure but a setup error: they raise at construction with
+the command that trains them (``python train.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from scheduler.request import SchedRequest
+
+log = logging.getLogger(__name__)
+
+
+class CalibratedHeuristic:
+    """Quantiles of output length from finished requests of the same category (else all).
+
+    Admission: (p50, p90) of the last ``window`` finished lengths of the category. Remaining
+    given ``g`` tokens generated: (p50, p90) of ``L - g`` over history lengths ``L > g``
+    (conditioning on survival, which is what makes long-running requests look longer). Before
+    enough history exists, a prior (``prior_p50``, ``prior_p90``) and, past it, a Lindy rule
+    (remaining ~ generated) are used.
+    """
+
+    def __init__(
+        self,
+        prior_p50: float = 256.0,
+        prior_p90: float = 1024.0,
+        window: int = 512,
+        min_count: int = 16,
+    ) -> None:
+        self.prior = (float(prior_p50), float(prior_p90))
+        self.window = int(window)
+        self.min_count = int(min_count)
+        self._hist: dict[str, deque[int]] = {}
+        self._all: deque[int] = deque(maxlen=self.window)
+
+    def _lengths(self, category: str) -> np.ndarray | None:
+        h = self._hist.get(category)
+        if h is not None and len(h) >= self.min_count:
+            return np.fromiter(h, dtype=np.float64, count=len(h))
+        if len(self._all) >= self.min_count:
+            return np.fromiter(self._all, dtype=np.float64, count=len(self._all))
+        return None
+
+    def admission(self, requests: Sequence[SchedRequest]) -> np.ndarray:
+        out = np.empty((len(requests), 2))
+        for i, r in enumerate(requests):
+            lens = self._lengths(r.category)
+            out[i] = self.prior if lens is None else np.quantile(lens, [0.5, 0.9])
+        return out
+
+    def remaining(self, requests: Sequence[SchedRequest], generated: np.ndarray) -> np.ndarray:
+        out = np.empty((len(requests), 2))
+        for i, (r, g) in enumerate(zip(requests, generated)):
+            lens = self._lengths(r.category)
+            alive = None if lens is None else lens[lens > g] - g
+            if alive is not None and alive.size >= 4:
+                out[i] = np.quantile(alive, [0.5, 0.9])
+            elif g <= 0:
+                out[i] = self.prior
+            else:
+                p50 = max(16.0, self.prior[0] - g, float(g))
+                out[i] = (p50, 4.0 * p50)
+        return out
+
+    def observe(self, requests: Sequence[SchedRequest]) -> None:
+        for r in requests:
+            n = r.num_output_tokens
+            if n > 0:
+                self._hist.setdefault(r.category, deque(maxlen=self.window)).append(n)
+                self._all.append(n)
+
+
+class LearnedLengths:
+    """The trained predictor behind the learned policies, with recalibration and fallback.
+
+    Per request (by ``index``): features ``X`` (featurised once, in ``prepare`` for the whole
+    trace or at arrival) and the raw admission prediction. ``admission`` returns recalibrated
+    (p50, p90) of the total output; ``remaining`` the (p50, p90) of tokens still to come.
+    """
+
+    def __init__(
+        self,
+        predictor_dir: str | Path = "artifacts",
+        require_drift: bool = False,
+        recalibrate: bool = True,
+        heuristic: CalibratedHeuristic | None = None,
+    ) -> None:
+        from predictor.serving import load_predictor
+
+        # Raises ArtifactNotFoundError naming `python train.py` when nothing is trained.
+        self.predictor = load_predictor(Path(predictor_dir), require_drift=require_drift)
+        drift = getattr(self.predictor, "drift", None)
+        if drift is not None and hasattr(drift, "num_threads"):
+            # re-predictions are small batches every few steps: a thread pool costs more than
+            # it saves there (and the project pins one thread per process in tests)
+            drift.num_threads = 1
+        self.heuristic = heuristic or CalibratedHeuristic()
+        self.recal = None
+        if recalibrate:
+            from predictor.online import OnlineRecalibrator
+
+            self.recal = OnlineRecalibrator()
+        self.failed: str | None = None  # first predictor error; set -> heuristic from then on
+        self._x: dict[int, np.ndarray] = {}
+        self._raw: dict[int, np.ndarray] = {}
+
+    @property
+    def has_drift(self) -> bool:
+        return self.predictor.has_drift and self.failed is None
+
+    def _fail(self, what: str, err: object) -> None:
+        if self.failed is None:
+            self.failed = f"{what}: {err}"
+            log.warning(
+                "predictor %s failed (%s); falling back to the calibrated heuristic for "
+                "the rest of the run",
+                what,
+                err,
+            )
+
+    def featurize(self, requests: Sequence[SchedRequest]) -> None:
+        """Features and raw admission predictions for requests not seen yet (batched)."""
+        todo = [r for r in requests if r.index not in self._raw]
+        if not todo or self.failed is not None:
+            return
+        from predictor.serving import frame_from_requests
+
+        try:
+            X = self.predictor.featurize(frame_from_requests(todo))
+            raw = np.asarray(self.predictor.predict_admission(X), dtype=np.float64)
+            if raw.shape != (len(todo), 2) or not np.isfinite(raw).all():
+                raise ValueError(f"admission prediction has shape {raw.shape} or non-finite values")
+        except Exception as e:  # any predictor failure degrades to the heuristic, once
+            self._fail("predict_admission", e)
+            return
+        for i, r in enumerate(todo):
+            self._x[r.index] = X[i]
+            self._raw[r.index] = np.maximum(raw[i], 1.0)
+
+    def _groups(self, requests: Sequence[SchedRequest]) -> list[tuple[str, str]]:
+        return [(r.tenant, r.category) for r in requests]
+
+    def admission(self, requests: Sequence[SchedRequest]) -> np.ndarray:
+        """(n, 2) recalibrated (p50, p90) of each request's total output tokens."""
+        self.featurize(requests)
+        if self.failed is not None:
+            return self.heuristic.admission(requests)
+        raw = np.stack([self._raw[r.index] for r in requests])
+        return raw if self.recal is None else self.recal.adjust(self._groups(requests), raw)
+
+    def remaining(self, requests: Sequence[SchedRequest], admission: np.ndarray) -> np.ndarray:
+        """(n, 2) (p50, p90) of tokens still to come given ``num_output_tokens`` generated."""
+        gen = np.array([r.num_output_tokens for r in requests], dtype=np.float64)
+        if self.has_drift:
+            try:
+                X = np.stack([self._x[r.index] for r in requests])
+                rem = np.asarray(
+                    self.predictor.predict_remaining(X, admission, gen), dtype=np.float64
+                )
+                if rem.shape != (len(requests), 2) or not np.isfinite(rem).all():
+                    raise ValueError(
+                        f"remaining prediction has shape {rem.shape} or non-finite values"
+                    )
+                return np.maximum(rem, 1.0)
+            except Exception as e:
+                self._fail("predict_remaining", e)
+        if self.failed is None:
+            # no drift model: the admission quantiles, conditioned on survival past g
+            p50 = np.maximum(admission[:, 0] - gen, np.maximum(1.0, 0.5 * gen))
+            p90 = np.maximum(admission[:, 1] - gen, 2.0 * p50)
+            return np.c_[p50, p90]
+        return self.heuristic.remaining(requests, gen)
+
+    def observe(self, requests: Sequence[SchedRequest]) -> None:
+        """Finished requests: update the recalibration and the heuristic's history."""
+        self.heuristic.observe(requests)
+        if self.recal is None or self.failed is not None:
+            return
+        done = [r for r in requests if r.index in self._raw and r.num_output_tokens > 0]
+        if done:
+            self.recal.update(
+                self._groups(done),
+                [r.num_output_tokens for r in done],
+                np.stack([self._raw[r.index] for r in done]),
+            )
+        for r in requests:
+            self._raw.pop(r.index, None)
+            self._x.pop(r.index, None)
