@@ -1,0 +1,431 @@
+"""The training pipeline behind ``python train.py``: split -> fit -> evaluate -> save.
+
+Steps (each pure enough to test on a tiny table):
+1. grouped train/val/test split by prompt (``data.splits``); CASTILLO samples exploded in train;
+2. baselines fitted on train, scored on test;
+3. the length model (LightGBM or transformer) fitted on train, early-stopped/calibrated on val;
+4. out-of-fold admission predictions on train (``crossfit_folds`` prompt-grouped folds), so the
+   drift model learns from admission estimates as noisy as the ones it sees when serving;
+5. the drift model fitted on progress rows and scored at fixed t against "admission - t";
+6. artifacts saved (``length/``, ``drift/``) with held-out metrics in their meta.json.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from tqdm.auto import tqdm
+
+from data.schema import filter_rows
+from data.splits import (
+    Split,
+    assign_groups,
+    grouped_split,
+    leave_one_out,
+    leave_one_source_out,
+    time_split,
+)
+from predictor.artifacts import data_hash
+from predictor.datasets import explode_samples, load_training_table, subsample
+from predictor.drift_data import naive_remaining
+from predictor.metrics import DRIFT_POINTS, drift_metrics, length_metrics, running_at
+from predictor.serving import fingerprint
+
+
+def progress_enabled() -> bool:
+    """tqdm bars only on an interactive terminal (quiet in logs, CI and tests)."""
+    return sys.stderr.isatty()
+
+
+@dataclass
+class TrainConfig:
+    """Plain mirror of ``cfg.train`` (conf/train.yaml)."""
+
+    seed: int = 0
+    # data.split of conf/data: kind grouped | leave_one_source_out | leave_one_model_out | time
+    split: dict[str, Any] = field(default_factory=lambda: {"kind": "grouped"})
+    samples_per_prompt: int = 3  # CASTILLO sampled lengths used per (prompt, model) in train
+    max_train_rows: int | None = 200_000
+    max_val_rows: int | None = 30_000
+    max_test_rows: int | None = None
+    max_drift_traces: int | None = 60_000  # traces that yield drift progress rows
+    crossfit_folds: int = 2  # 0/1: in-sample admission predictions for the drift model
+    drift_points: tuple[int, ...] = DRIFT_POINTS
+    leave_one_source_out: bool = False
+    latency_batch: int = 64
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> TrainConfig:
+        known = {k: m[k] for k in cls.__dataclass_fields__ if k in m}
+        if "split" in known:
+            known["split"] = dict(known["split"])
+        for k in ("drift_points",):
+            if k in known:
+                known[k] = tuple(known[k])
+        unknown = sorted(set(m) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(
+                f"train config: unknown key(s) {unknown}; expected some of "
+                f"{sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**known)
+
+
+@dataclass
+class TrainResult:
+    length_table: pd.DataFrame  # one row per model/baseline, metric columns
+    drift_table: pd.DataFrame  # one row per (model, t)
+    loso_table: pd.DataFrame | None
+    latency: dict[str, float]
+    importance: pd.DataFrame | None
+    artifacts: dict[str, Path]
+    sizes: dict[str, int]
+    timings: dict[str, float] = field(default_factory=dict)
+    test_predictions: np.ndarray | None = None  # (n_test, 2) of the main length model
+    test_lengths: np.ndarray | None = None
+
+
+def prepare_split(
+    df: pd.DataFrame, tc: TrainConfig, log: Callable[[str], None] = print
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, val, test): grouped by prompt; train samples exploded; explicit subsampling."""
+    rng = np.random.default_rng(tc.seed)
+    sp = split_table(df, tc.split)
+    train = explode_samples(sp.train, tc.samples_per_prompt, rng)
+    train, r1 = subsample(train, tc.max_train_rows, rng, "train: subsample (max_train_rows)")
+    val, r2 = subsample(sp.val, tc.max_val_rows, rng, "val: subsample (max_val_rows)")
+    test, r3 = subsample(sp.test, tc.max_test_rows, rng, "test: subsample (max_test_rows)")
+    for r in (r1, r2, r3):
+        if r.removed:
+            log(str(r))
+    if min(len(train), len(val), len(test)) == 0:
+        raise ValueError(
+            f"empty split (train {len(train)}, val {len(val)}, test {len(test)} "
+            "rows): the training table needs more distinct prompts"
+        )
+    return train, val, test
+
+
+def split_table(df: pd.DataFrame, split: Mapping[str, Any]) -> Split:
+    """Train/val/test per ``data.split`` (conf/data/default.yaml)."""
+    kind = split.get("kind", "grouped")
+    fractions = tuple(split.get("fractions") or (0.8, 0.1, 0.1))
+    seed = int(split.get("seed") or 0)
+    if kind == "grouped":
+        return grouped_split(df, fractions, seed=seed)
+    if kind == "time":
+        return time_split(df, fractions)
+    if kind in ("leave_one_source_out", "leave_one_model_out"):
+        held = split.get("held_out")
+        if held is None:
+            raise ValueError(
+                f"data.split.kind={kind} needs data.split.held_out (the "
+                f"{kind.split('_')[2]} to hold out)"
+            )
+        col = "source" if kind == "leave_one_source_out" else "model"
+        rest, test = leave_one_out(df, col, str(held))
+        f = np.asarray(fractions[:2], dtype=np.float64)
+        inner = grouped_split(rest, (float(f[0] / f.sum()), float(f[1] / f.sum()), 0.0), seed)
+        return Split(inner.train, inner.val, test)
+    raise ValueError(
+        f"unknown data.split.kind {kind!r}; expected grouped, time, "
+        "leave_one_source_out or leave_one_model_out"
+    )
+
+
+def crossfit_admission(
+    est: Any, F: np.ndarray, y: np.ndarray, groups: pd.DataFrame, folds: int, seed: int
+) -> np.ndarray:
+    """Out-of-fold (p50, p90) admission predictions on the training rows, (n, 2).
+
+    Folds are prompt-grouped (a prompt's rows never predict each other). Each fold model is a
+    clone of the fitted ``est`` (same featurizer, n_estimators = its best iteration).
+    """
+    if folds <= 1:
+        return est.predict_features(F)
+    if folds not in (2, 3):
+        raise ValueError(f"crossfit_folds must be 0, 1, 2 or 3, got {folds}")
+    fractions = (0.5, 0.5, 0.0) if folds == 2 else (1 / 3, 1 / 3, 1 / 3)
+    fold = assign_groups(groups, fractions, seed=seed + 1)
+    out = np.zeros((len(y), 2))
+    for k in range(folds):
+        hold = fold == k
+        if not hold.any() or hold.all():
+            return est.predict_features(F)  # degenerate tiny data: fall back to in-sample
+        m = clone(est)
+        if hasattr(est, "best_iteration_"):  # LightGBM: the early-stopped size
+            m.set_params(n_estimators=int(max(est.best_iteration_)))
+        if hasattr(est, "epochs_"):  # transformer head: the early-stopped epoch count
+            m.set_params(epochs=int(est.epochs_))
+        m.featurizer_ = est.featurizer_
+        if "calibrate" in m.get_params():
+            m.set_params(calibrate=False)
+        m.fit_features(F[~hold], y[~hold])
+        out[hold] = m.predict_features(F[hold])
+    return out
+
+
+def score_length(est: Any, test: pd.DataFrame) -> tuple[dict[str, float], np.ndarray, float]:
+    t0 = time.perf_counter()
+    q = est.predict_quantiles(test)
+    dt = time.perf_counter() - t0
+    y = test["output_tokens"].to_numpy(np.float64)
+    return length_metrics(y, q, test["prompt_tokens"].to_numpy(np.float64)), q, dt
+
+
+def score_drift(
+    drift: Any, F: np.ndarray, adm: np.ndarray, y: np.ndarray, points: tuple[int, ...]
+) -> list[dict[str, Any]]:
+    rows = []
+    for t in points:
+        run = running_at(y, t)
+        if run.sum() < 2:
+            continue
+        gen = np.full(int(run.sum()), t, dtype=np.float64)
+        pred = drift.predict_remaining(F[run], adm[run], gen)
+        base = naive_remaining(adm[run], gen)
+        m = drift_metrics(y[run], t, pred)
+        b = drift_metrics(y[run], t, base)
+        rows.append({"model": "drift", "t": t, **m})
+        rows.append({"model": "admission_minus_t", "t": t, **b})
+    df = pd.DataFrame(rows)
+    if len(df):
+        naive = df[df.model == "admission_minus_t"].set_index("t")["mae"]
+        df["mae_gain_vs_naive"] = df["t"].map(naive) / df["mae"]
+    return df.to_dict("records")
+
+
+def measure_latency(
+    est: Any, rows: pd.DataFrame, batch: int, budget_s: float = 2.0
+) -> dict[str, float]:
+    """Amortised per-request microseconds at ``batch``: featurize, and admission prediction.
+
+    Embedding caches (the transformer's) are emptied before every featurize call so the
+    encoder really runs; repeats are chosen to take about ``budget_s`` seconds.
+    """
+    n = min(len(rows), batch)
+    chunk = rows.iloc[:n]
+    owner = getattr(est, "featurizer_", None)
+
+    def featurize() -> np.ndarray:
+        if isinstance(getattr(owner, "cache", None), dict):
+            owner.cache = {}
+        return est.featurize(chunk)
+
+    t0 = time.perf_counter()
+    F = featurize()
+    est.predict_features(F)  # warm-up
+    repeats = int(np.clip(budget_s / max(time.perf_counter() - t0, 1e-6), 2, 50))
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        F = featurize()
+    t1 = time.perf_counter()
+    for _ in range(repeats):
+        est.predict_features(F)
+    t2 = time.perf_counter()
+    return {
+        "batch": n,
+        "featurize_us_per_request": (t1 - t0) / repeats / n * 1e6,
+        "admission_us_per_request": (t2 - t1) / repeats / n * 1e6,
+    }
+
+
+def fit_and_score_baselines(
+    baselines: Mapping[str, Any],
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    rows = []
+    y = train["output_tokens"].to_numpy(np.float64)
+    for name, est in tqdm(
+        list(baselines.items()), desc="baselines", disable=not progress_enabled()
+    ):
+        t0 = time.perf_counter()
+        est.fit(train, y)
+        fit_s = time.perf_counter() - t0
+        m, _, pred_s = score_length(est, test)
+        rows.append({"model": name, **m, "fit_s": fit_s, "predict_s": pred_s})
+        log(
+            f"  baseline {name}: kendall_tau={m['kendall_tau']:.3f} mae={m['mae']:.1f} "
+            f"({fit_s:.1f}s)"
+        )
+    return rows
+
+
+def run_training(
+    *,
+    length_est: Any,
+    drift_est: Any | None,
+    baselines: Mapping[str, Any],
+    tc: TrainConfig,
+    out_dir: Path | None,
+    sources: list[str] | None = None,
+    path: str | Path | None = None,
+    table: pd.DataFrame | None = None,
+    name: str = "lightgbm",
+    log: Callable[[str], None] = print,
+    extra_meta: Mapping[str, Any] | None = None,
+) -> TrainResult:
+    """The whole pipeline. ``table`` overrides loading (tests); ``out_dir`` None: no saving."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if table is None:
+        table, reports = load_training_table(sources=sources, path=path)
+        for r in reports:
+            log(str(r))
+    train, val, test = prepare_split(table, tc, log)
+    sizes = {"rows": len(table), "train": len(train), "val": len(val), "test": len(test)}
+    log(f"data: {sizes}")
+    timings["load_split_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    rows = fit_and_score_baselines(baselines, train, test, log)
+    timings["baselines_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ytr = train["output_tokens"].to_numpy(np.float64)
+    yva = val["output_tokens"].to_numpy(np.float64)
+    length_est.fit(train, ytr, eval_set=(val, yva))
+    timings["length_fit_s"] = time.perf_counter() - t0
+    m, q_test, pred_s = score_length(length_est, test)
+    rows.append({"model": name, **m, "fit_s": timings["length_fit_s"], "predict_s": pred_s})
+    log(
+        f"  {name}: kendall_tau={m['kendall_tau']:.3f} mae={m['mae']:.1f} "
+        f"p90_coverage={m['p90_coverage']:.3f} ({timings['length_fit_s']:.1f}s)"
+    )
+    length_table = pd.DataFrame(rows)
+
+    drift_rows: list[dict[str, Any]] = []
+    F_test = length_est.featurize(test)
+    adm_test = length_est.predict_features(F_test)
+    y_test = test["output_tokens"].to_numpy(np.float64)
+    if drift_est is not None:
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(tc.seed + 7)
+        dtrain = train
+        if hasattr(length_est, "restrict_rows"):  # encoder budget: reuse encoded prompts
+            dtrain, rep = filter_rows(
+                train,
+                train["request_id"]
+                .isin(set(length_est.restrict_rows(train)["request_id"]))
+                .to_numpy(bool),
+                "drift: rows of prompts encoded for the length model (budget)",
+            )
+            log(str(rep))
+        dtrain, _ = subsample(dtrain, tc.max_drift_traces, rng, "drift: traces")
+        F_tr = getattr(length_est, "featurize_training", length_est.featurize)(dtrain)
+        y_dtr = dtrain["output_tokens"].to_numpy(np.float64)
+        adm_tr = crossfit_admission(length_est, F_tr, y_dtr, dtrain, tc.crossfit_folds, tc.seed)
+        F_va = length_est.featurize(val)
+        adm_va = length_est.predict_features(F_va)
+        timings["drift_crossfit_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        names = getattr(getattr(length_est, "featurizer_", None), "feature_names", None)
+        cats = getattr(getattr(length_est, "featurizer_", None), "categorical_indices", None)
+        drift_est.fit(
+            F_tr,
+            y_dtr,
+            adm_tr,
+            eval_set=(F_va, yva, adm_va),
+            feature_names=names,
+            categorical_indices=cats,
+        )
+        timings["drift_fit_s"] = time.perf_counter() - t0
+        drift_rows = score_drift(drift_est, F_test, adm_test, y_test, tc.drift_points)
+        for r in drift_rows:
+            if r["model"] == "drift":
+                log(
+                    f"  drift t={r['t']}: mae={r['mae']:.1f} tau={r['kendall_tau']:.3f} "
+                    f"gain_vs_naive={r['mae_gain_vs_naive']:.2f}x"
+                )
+    drift_table = pd.DataFrame(drift_rows)
+
+    loso = None
+    if tc.leave_one_source_out:
+        t0 = time.perf_counter()
+        loso = leave_one_source_out_table(length_est, baselines, table, tc, log)
+        timings["loso_s"] = time.perf_counter() - t0
+
+    latency = measure_latency(length_est, test, tc.latency_batch)
+    importance = (
+        length_est.feature_importance() if hasattr(length_est, "feature_importance") else None
+    )
+
+    artifacts: dict[str, Path] = {}
+    if out_dir is not None:
+        common = {
+            "training_data_hash": data_hash(train),
+            "training_rows": len(train),
+            "sizes": sizes,
+            **(extra_meta or {}),
+        }
+        lmeta = {
+            **common,
+            "metrics": {k: v for k, v in rows[-1].items() if k != "model"},
+            "baselines": {
+                r["model"]: {k: v for k, v in r.items() if k != "model"} for r in rows[:-1]
+            },
+            "latency": latency,
+        }
+        artifacts["length"] = length_est.save(Path(out_dir) / "length", extra_meta=lmeta)
+        if drift_est is not None:
+            from predictor.artifacts import read_meta
+
+            fp = fingerprint(read_meta(artifacts["length"]))
+            artifacts["drift"] = drift_est.save(
+                Path(out_dir) / "drift",
+                extra_meta={**common, "length_fingerprint": fp, "metrics": drift_rows},
+            )
+    return TrainResult(
+        length_table=length_table,
+        drift_table=drift_table,
+        loso_table=loso,
+        latency=latency,
+        importance=importance,
+        artifacts=artifacts,
+        sizes=sizes,
+        timings=timings,
+        test_predictions=q_test,
+        test_lengths=y_test,
+    )
+
+
+def leave_one_source_out_table(
+    length_est: Any,
+    baselines: Mapping[str, Any],
+    table: pd.DataFrame,
+    tc: TrainConfig,
+    log: Callable[[str], None],
+) -> pd.DataFrame:
+    """Every model and baseline trained without one source and scored on it."""
+    rows = []
+    for src in sorted(table["source"].astype(str).unique()):
+        train_all, test = leave_one_source_out(table, src)
+        if len(train_all) == 0:
+            continue
+        rng = np.random.default_rng(tc.seed)
+        sp = grouped_split(train_all, (0.9, 0.1, 0.0), seed=tc.seed)
+        tr = explode_samples(sp.train, tc.samples_per_prompt, rng)
+        tr, _ = subsample(tr, tc.max_train_rows, rng, "loso train")
+        va, _ = subsample(sp.val, tc.max_val_rows, rng, "loso val")
+        te, _ = subsample(test, tc.max_test_rows, rng, "loso test")
+        log(f"leave out {src}: train {len(tr)}, test {len(te)}")
+        for name, est in baselines.items():
+            est = clone(est).fit(tr, tr["output_tokens"].to_numpy(np.float64))
+            rows.append({"held_out": src, "model": name, **score_length(est, te)[0]})
+        m = clone(length_est).fit(
+            tr,
+            tr["output_tokens"].to_numpy(np.float64),
+            eval_set=(va, va["output_tokens"].to_numpy(np.float64)),
+        )
+        rows.append({"held_out": src, "model": "main", **score_length(m, te)[0]})
+    return pd.DataFrame(rows)
