@@ -14,6 +14,7 @@ plus ``comparison.csv``) -> wandb via ``report.tracking`` (one run per policy).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -148,13 +149,45 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
     from hydra.utils import instantiate
 
     from data.presets import workload_from_config
+
+    seed = int(cfg.seed)
+    # Every config error surfaces here, before an engine starts (and before the workload is
+    # built): the engine's constructor validates its config without starting anything, and
+    # every policy is built up front.
+    engine = instantiate(cfg.engine)
+    pcfgs = policy_configs(cfg)
+    policies = {name: build_policy(pcfg, cfg) for name, pcfg in pcfgs.items()}
+    workload = workload_from_config(cfg.workload, seed=seed)
+    cap = getattr(engine, "max_requests", None)
+    if cap is not None and len(workload) > cap:
+        # The live engine serves a few requests/s on CPU: the head of the workload (same
+        # order and mix); engine.max_requests=null serves all of it.
+        print(
+            f"engine {engine.name!r}: serving the first {cap} of {len(workload)} requests "
+            f"(engine.max_requests={cap}; set engine.max_requests=null for all)"
+        )
+        workload = workload.head(int(cap))
+    with contextlib.ExitStack() as stack:
+        if hasattr(engine, "__enter__"):
+            # One engine for the capacity probe and every policy, shut down in `finally`
+            # (ExitStack) also when a run fails; sweeps build a fresh engine per job.
+            stack.enter_context(engine)
+        return _evaluate(cfg, run_dir, engine, workload, pcfgs, policies)
+
+
+def _evaluate(
+    cfg: DictConfig,
+    run_dir: Path,
+    engine: Any,
+    workload: Any,
+    pcfgs: dict[str, DictConfig],
+    policies: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
     from report.progress import sim_observer
     from report.tracking import evaluate_identity, log_evaluation, start_run
     from scheduler.metrics import comparison_table, summarize
 
     seed = int(cfg.seed)
-    workload = workload_from_config(cfg.workload, seed=seed)
-    engine = instantiate(cfg.engine)
     if cfg.get("rate_rps") is not None:
         rate = float(cfg.rate_rps)
         capacity = float("nan")
@@ -163,7 +196,6 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
         rate = float(cfg.utilisation) * capacity
     workload = workload.at_rate(rate)
     slos = workload_slos(workload)
-    pcfgs = policy_configs(cfg)
     single = len(pcfgs) == 1 and cfg.get("policy") is not None
     print(
         f"workload {workload.name!r} seed {seed}: {len(workload)} requests, "
@@ -173,7 +205,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
     summaries: dict[str, dict[str, Any]] = {}
     lcfg = OmegaConf.to_container(cfg.logger, resolve=True)
     for name, pcfg in pcfgs.items():
-        policy = build_policy(pcfg, cfg)
+        policy = policies[name]
         out_dir = run_dir if single else run_dir / name
         params = OmegaConf.to_container(pcfg, resolve=True)
         identity = evaluate_identity(

@@ -256,7 +256,14 @@ class _DriftMixin:
             t = time.monotonic()
             d.report_ended(flush=False)
             if rec is not None:
-                rec.policy_us += (time.monotonic() - t) * 1e6
+                t_out = time.monotonic()
+                rec.policy_us += (t_out - t) * 1e6
+                rec.update_s = t_out - t_in
+                rec.t_end = t_out - d.run.t0
+                # Whether the engine goes straight on to the next step: the wall time from
+                # this step's start to the next one's is then the step's full cost (model,
+                # scheduler, output processing, client loop) -- what the simulator's step is.
+                rec.unfinished_after = sum(self.get_request_counts())
                 d.record_step(rec)
             if d.has_unflushed_requests():
                 d.flush()  # sink I/O: not policy time

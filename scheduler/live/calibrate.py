@@ -1,81 +1,140 @@
 """Fit the simulator's step-time model from live vLLM steps (no vLLM import here).
 
 The live engine records, per step, what it computed (``prefill_tokens``, ``decode_seqs``,
-``kv_read_tokens`` = context attended, ``prefill_pairs``) and the model time ``exec_s``
-(``schedule()`` return -> ``update_from_output()`` entry). Non-negative least squares on
+``kv_read_tokens`` = context attended, ``prefill_pairs``) and how long it took
+(:func:`scheduler.live.engine.steps_table`). Non-negative least squares on
 
-    exec_s = c0 + c_token * (prefill_tokens + decode_seqs) + c_kv * kv_read_tokens
-                + c_pair * prefill_pairs
+    t = c0 + c_token * (prefill_tokens + decode_seqs) + c_kv * kv_read_tokens
+           + c_pair * prefill_pairs + c_decode * decode_seqs + c_prefill_seq * prefill_seqs
 
 gives the coefficients of :class:`scheduler.sim.cost.LinearCostModel`, saved as JSON
-(``save_profile`` / ``load_profile``) with the fit's quality and provenance.
+(``save_profile``; read by the simulator through ``engine.profile=<path>``) with the fit's
+quality and provenance.
+
+What ``t`` is (``target``):
+
+* ``"wall"`` (default): the step's full wall time, from one ``schedule()`` to the next while
+  the engine went straight on (``busy`` steps; ``duration_s``). It includes vLLM's scheduler,
+  the model, output processing and the replay loop -- everything a simulated step stands for
+  (on a CPU with a tiny model the non-model part is a large share: ``overhead_share``).
+* ``"exec"``: model time only (``schedule()`` return -> ``update_from_output()``), the older
+  behaviour; a simulator fed with it runs faster than the live engine.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from scheduler.sim.cost import LinearCostModel
+from scheduler.sim.cost import PROFILE_KIND, PROFILE_VERSION, LinearCostModel, load_cost_model
 
-PROFILE_KIND = "driftsched.linear_step_time"
-PROFILE_VERSION = 1
-_TERMS = ("c0", "c_token", "c_kv", "c_pair")
+TARGETS = ("wall", "exec")
+_TERMS = ("c0", "c_token", "c_kv", "c_pair", "c_decode", "c_prefill_seq")
 
 
 def _design(steps: pd.DataFrame) -> np.ndarray:
-    need = ["prefill_tokens", "decode_seqs", "kv_read_tokens", "prefill_pairs", "exec_s"]
+    need = ["prefill_tokens", "decode_seqs", "kv_read_tokens", "prefill_pairs", "prefill_seqs"]
     missing = [c for c in need if c not in steps.columns]
     if missing:
         raise ValueError(
             f"steps table: missing column(s) {missing}; expected the live engine's "
-            "steps (scheduler.live.engine.steps_table)"
+            "steps (scheduler.live.engine.steps_table, steps.parquet of an engine=vllm run)"
         )
-    tokens = steps["prefill_tokens"].to_numpy(float) + steps["decode_seqs"].to_numpy(float)
+    dec = steps["decode_seqs"].to_numpy(float)
+    tokens = steps["prefill_tokens"].to_numpy(float) + dec
     return np.c_[
         np.ones(len(steps)),
         tokens,
         steps["kv_read_tokens"].to_numpy(float),
         steps["prefill_pairs"].to_numpy(float),
+        dec,
+        steps["prefill_seqs"].to_numpy(float),
     ]
 
 
-def fit_step_profile(
-    steps: pd.DataFrame, origin: str = "live vLLM steps", trim_quantile: float = 0.99
-) -> tuple[LinearCostModel, dict[str, Any]]:
-    """Fit the cost model; returns it and fit statistics (n, r2, mean relative error).
+def usable_steps(steps: pd.DataFrame, target: str = "wall") -> tuple[pd.DataFrame, np.ndarray]:
+    """The steps a fit may use and their durations (s) for ``target`` (module docstring)."""
+    if target not in TARGETS:
+        raise ValueError(f"fit target {target!r}: expected one of {TARGETS}")
+    s = steps[(steps["prefill_tokens"] + steps["decode_seqs"]) > 0]
+    if target == "wall":
+        if "busy" not in s.columns:
+            raise ValueError(
+                "steps table has no 'busy' column (recorded before full step timing); "
+                "use target='exec' or record the steps again"
+            )
+        s = s[s["busy"].astype(bool)]
+        y = s["duration_s"].to_numpy(float)
+    else:
+        if "exec_s" not in s.columns:
+            raise ValueError("steps table: missing column 'exec_s' (the live engine's steps)")
+        y = s["exec_s"].to_numpy(float)
+    ok = np.isfinite(y) & (y > 0)
+    return s[ok], y[ok]
 
-    Steps that computed nothing are dropped; so are the slowest ``1 - trim_quantile`` (first
-    steps with lazy initialisation, OS hiccups on a shared CPU). Coefficients are kept >= 0
-    (non-negative least squares: a negative cost has no physical reading).
+
+def fit_step_profile(
+    steps: pd.DataFrame,
+    origin: str = "live vLLM steps",
+    trim_quantile: float = 1.0,
+    target: str = "wall",
+) -> tuple[LinearCostModel, dict[str, Any]]:
+    """Fit the cost model; returns it and fit statistics.
+
+    Steps that computed nothing are dropped. With ``trim_quantile < 1`` the steps whose
+    residual after a first fit is above that quantile are dropped and the fit repeated (OS
+    hiccups on a shared CPU); the residual, not the raw duration, because the slowest steps
+    are mostly the long prefills the model must learn. The default keeps every step: least
+    squares fits the mean, so the summed step time -- what latencies add up -- is unbiased
+    (``sum_ratio`` 1), hiccups included. Coefficients are kept >= 0 (non-negative least
+    squares: a negative cost has no physical reading).
+    Statistics: ``n_steps``, ``r2``, ``mean_abs_rel_err`` (per step), ``sum_ratio`` (predicted
+    / measured total time, on all usable steps including the trimmed ones), ``mean_step_s``,
+    ``overhead_share`` (share of the wall time outside ``schedule()`` + model execution).
     """
     from scipy.optimize import nnls
 
-    s = steps[(steps["prefill_tokens"] + steps["decode_seqs"]) > 0]
-    s = s[np.isfinite(s["exec_s"].to_numpy(float))]
+    s, y = usable_steps(steps, target)
     if len(s) < 8:
         raise ValueError(
             f"fit_step_profile: {len(s)} usable steps; need at least 8 (run a longer live workload)"
         )
-    cut = s["exec_s"].quantile(trim_quantile)
-    s = s[s["exec_s"] <= cut]
-    X = _design(s)
-    y = s["exec_s"].to_numpy(float)
-    scale = np.maximum(np.abs(X).max(axis=0), 1e-12)  # column scaling for a stable solve
-    coef, _ = nnls(X / scale, y)
-    coef = coef / scale
+    if not 0.5 <= trim_quantile <= 1.0:
+        raise ValueError(f"trim_quantile={trim_quantile!r}: expected a quantile in [0.5, 1]")
+    X_all = _design(s)
+    scale = np.maximum(np.abs(X_all).max(axis=0), 1e-12)  # column scaling for a stable solve
+
+    def solve(X: np.ndarray, yy: np.ndarray) -> np.ndarray:
+        c, _ = nnls(X / scale, yy)
+        return c / scale
+
+    coef = solve(X_all, y)
+    keep = np.ones(len(y), dtype=bool)
+    if trim_quantile < 1.0:
+        resid = y - X_all @ coef
+        keep = resid <= np.quantile(resid, trim_quantile)
+        coef = solve(X_all[keep], y[keep])
+    X, yk = X_all[keep], y[keep]
     pred = X @ coef
-    ss_res = float(((y - pred) ** 2).sum())
-    ss_tot = float(((y - y.mean()) ** 2).sum())
+    ss_res = float(((yk - pred) ** 2).sum())
+    ss_tot = float(((yk - yk.mean()) ** 2).sum())
+    overhead = math.nan
+    if target == "wall" and {"sched_s", "exec_s"} <= set(s.columns):
+        inner = (s["sched_s"] + s["exec_s"]).to_numpy(float)
+        overhead = float(1.0 - inner.sum() / y.sum())
     stats = {
-        "n_steps": len(s),
+        "target": target,
+        "n_steps": int(keep.sum()),
         "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
-        "mean_abs_rel_err": float(np.mean(np.abs(pred - y) / np.maximum(y, 1e-9))),
-        "mean_step_s": float(y.mean()),
+        "mean_abs_rel_err": float(np.mean(np.abs(pred - yk) / np.maximum(yk, 1e-9))),
+        "sum_ratio": float((X_all @ coef).sum() / y.sum()),
+        "mean_step_s": float(yk.mean()),
+        "overhead_share": overhead,
         "trim_quantile": trim_quantile,
     }
     model = LinearCostModel(
@@ -83,6 +142,8 @@ def fit_step_profile(
         c_token=float(coef[1]),
         c_kv=float(coef[2]),
         c_pair=float(coef[3]),
+        c_decode=float(coef[4]),
+        c_prefill_seq=float(coef[5]),
         origin=origin,
     )
     return model, stats
@@ -93,7 +154,14 @@ def save_profile(
     path: str | Path,
     stats: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
+    kv_capacity_tokens: int | None = None,
+    limits: dict[str, Any] | None = None,
 ) -> Path:
+    """Write the profile JSON the simulator reads (``engine.profile=<path>``).
+
+    ``kv_capacity_tokens``: the live engine's KV blocks x block size (sizes the simulator's
+    cache); ``limits``: the live engine's ``max_num_seqs``, ``max_num_batched_tokens``,
+    ``block_size``, ``max_model_len`` (documentation: run the simulator with the same)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
@@ -101,30 +169,124 @@ def save_profile(
         "version": PROFILE_VERSION,
         "units": "seconds",
         "formula": "c0 + c_token*(prefill_tokens+decode_seqs) + c_kv*kv_read_tokens "
-        "+ c_pair*prefill_pairs",
+        "+ c_pair*prefill_pairs + c_decode*decode_seqs + c_prefill_seq*prefill_seqs",
         **{k: getattr(model, k) for k in _TERMS},
         "origin": model.origin,
-        "fit": stats or {},
+        "kv_capacity_tokens": kv_capacity_tokens,
+        "limits": limits or {},
+        "fit": _finite(stats or {}),
         "meta": meta or {},
     }
-    path.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True, default=_jsonable) + "\n")
+    tmp.replace(path)
     return path
 
 
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    """NaN/inf -> None: the file stays strict JSON."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
 def load_profile(path: str | Path) -> LinearCostModel:
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read a step-time profile ({e})") from None
-    if doc.get("kind") != PROFILE_KIND:
-        raise ValueError(
-            f"{path}: field 'kind' is {doc.get('kind')!r}; expected "
-            f"{PROFILE_KIND!r} (written by scheduler.live.calibrate.save_profile)"
+    """The fitted cost model in ``path`` (validated; :func:`scheduler.sim.cost.load_cost_model`)."""
+    return load_cost_model(path)
+
+
+# ------------------------------------------------------------------------------------ CLI
+LIMIT_KEYS = (
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "block_size",
+    "num_gpu_blocks",
+    "max_model_len",
+)
+
+
+def read_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
+    """Steps, engine limits and metadata of a live run directory or steps file.
+
+    Accepts an ``evaluate.py engine=vllm`` run directory (``steps.parquet`` + ``summary.json``),
+    a fidelity output directory (``live_steps.parquet`` + ``fidelity.json``) or a steps
+    parquet file (limits then unknown).
+    """
+    p = Path(path)
+    if p.is_dir():
+        for steps_name, meta_name in (
+            ("steps.parquet", "summary.json"),
+            ("live_steps.parquet", "fidelity.json"),
+        ):
+            if (p / steps_name).is_file():
+                steps = pd.read_parquet(p / steps_name)
+                meta: dict[str, Any] = {}
+                if (p / meta_name).is_file():
+                    doc = json.loads((p / meta_name).read_text())
+                    meta = doc.get("engine_meta") or doc.get("meta") or {}
+                limits = {**meta, **(meta.get("limits") or {})}
+                return steps, {k: limits[k] for k in LIMIT_KEYS if k in limits}, meta
+        raise FileNotFoundError(
+            f"{p}: no steps.parquet (evaluate.py engine=vllm run) or live_steps.parquet "
+            "(python -m scheduler.live.fidelity output) in this directory"
         )
-    bad = [k for k in _TERMS if not isinstance(doc.get(k), int | float) or doc[k] < 0]
-    if bad:
-        raise ValueError(f"{path}: coefficient(s) {bad} missing or negative; expected seconds >= 0")
-    return LinearCostModel(
-        **{k: float(doc[k]) for k in _TERMS}, origin=str(doc.get("origin", path.name))
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such run directory or steps file")
+    return pd.read_parquet(p), {}, {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m scheduler.live.calibrate RUN [RUN ...] --out fitted.json``."""
+    import argparse
+    import datetime as dt
+
+    ap = argparse.ArgumentParser(
+        prog="python -m scheduler.live.calibrate",
+        description="Fit the simulator's step-time profile from live vLLM runs' steps and save "
+        "it as JSON (use it with engine=sim engine.profile=OUT).",
     )
+    ap.add_argument("runs", nargs="+", help="run directories or steps parquet files")
+    ap.add_argument("--out", required=True, help="profile JSON to write")
+    ap.add_argument("--target", default="wall", choices=TARGETS)
+    ap.add_argument("--trim-quantile", type=float, default=1.0)
+    ap.add_argument("--note", default="", help="free text kept in the profile's meta")
+    a = ap.parse_args(argv)
+    frames, limits, metas = [], {}, []
+    for r in a.runs:
+        steps, lim, meta = read_run(r)
+        frames.append(steps)
+        metas.append({"run": str(r), **{k: v for k, v in meta.items() if not isinstance(v, dict)}})
+        for k, v in lim.items():
+            if k in limits and limits[k] != v:
+                raise ValueError(
+                    f"{r}: {k}={v} differs from {limits[k]} in an earlier run; fit runs of one "
+                    "engine configuration together"
+                )
+            limits[k] = v
+    model, stats = fit_step_profile(
+        pd.concat(frames, ignore_index=True),
+        origin=f"live vLLM steps of {len(a.runs)} run(s)",
+        trim_quantile=a.trim_quantile,
+        target=a.target,
+    )
+    cap = None
+    if "num_gpu_blocks" in limits and "block_size" in limits:
+        cap = int(limits["num_gpu_blocks"]) * int(limits["block_size"])
+    meta_out = {
+        **(metas[0] if len(metas) == 1 else {}),  # one run: its provenance at the top level
+        "fitted_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "how": "python -m scheduler.live.calibrate " + " ".join(map(str, a.runs)),
+        "note": a.note,
+        "runs": metas,
+    }
+    save_profile(model, a.out, stats, meta=meta_out, kv_capacity_tokens=cap, limits=limits)
+    print(json.dumps({**model.describe(), **stats, "kv_capacity_tokens": cap, "out": a.out}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

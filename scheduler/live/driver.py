@@ -106,6 +106,9 @@ class StepRecord:
     waiting_by_tier: dict[str, int] = field(default_factory=dict)  # at step start
     running_by_tier: dict[str, int] = field(default_factory=dict)  # in the step
     kv_usage: float = math.nan  # fraction of KV blocks in use after scheduling
+    update_s: float = math.nan  # time inside update_from_output (vLLM's + the policy's)
+    t_end: float = math.nan  # s since t0, when update_from_output returned
+    unfinished_after: int = -1  # requests left in the scheduler after the step (0: idle next)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -89,6 +89,9 @@ class VllmEngineConfig:
     prepare_policy: bool = True  # in-process: Policy.prepare(all requests) before serving,
     # as the simulator does (batched featurising); multiprocess policies featurise on arrival
     probe_requests: int = 32  # capacity probe size
+    max_requests: int | None = 200  # evaluate.py serves the first N requests of the workload
+    # (a CPU engine serves a few req/s: 3000 requests would take ~10 min per policy); null: all
+    progress: bool = True  # report.progress lines/bar while replaying (finished requests)
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # extra vllm EngineArgs
 
     def validate(self) -> None:
@@ -117,7 +120,7 @@ class VllmEngineConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise bad(name, "an integer >= 1")
-        for name in ("max_model_len", "num_gpu_blocks", "block_size"):
+        for name in ("max_model_len", "num_gpu_blocks", "block_size", "max_requests"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise bad(name, "null or an integer >= 1")
@@ -208,6 +211,8 @@ def _percentiles(x: np.ndarray) -> dict[str, float]:
 class VllmEngine:
     """The live engine (see the module docstring)."""
 
+    name = "vllm"
+
     def __init__(self, **cfg: Any) -> None:
         cfg.pop("_target_", None)
         known = {f.name for f in dataclasses.fields(VllmEngineConfig)}
@@ -228,6 +233,13 @@ class VllmEngine:
         self.vocab_size: int = 0
         self.tokenizer: Any = None
         self.startup_s: float = math.nan
+        self.block_size: int = 0  # resolved by vLLM at start (CPU default 128 tokens)
+        self.num_gpu_blocks: int = 0  # KV blocks vLLM allocated (its cache_config)
+
+    @property
+    def max_requests(self) -> int | None:
+        """How many requests ``evaluate.py`` serves (the head of the workload)."""
+        return self.cfg.max_requests
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> VllmEngine:
@@ -317,6 +329,10 @@ class VllmEngine:
         except BaseException:
             self.close()
             raise
+        # KV geometry as vLLM resolved it (num_gpu_blocks is set while the engine starts; the
+        # multiprocess client's copy may not see it: then fall back to the override or 0).
+        self.block_size = int(vcfg.cache_config.block_size or 0)
+        self.num_gpu_blocks = int(vcfg.cache_config.num_gpu_blocks or self.cfg.num_gpu_blocks or 0)
         self.startup_s = time.monotonic() - t
         logger.info(
             "driftsched: vLLM engine (%s, %s) started in %.1f s",
@@ -452,20 +468,10 @@ class VllmEngine:
             for p in prepared
         ]
         wall = time.monotonic()
-        if c.process_mode == "inprocess":
-            replay_inprocess(
-                self._llm,
-                prepared,
-                metas,
-                t0=t0,
-                seed=c.seed,
-                greedy=c.length_mode == "trace",
-                abort_after_tokens=abort_after_tokens,
-                timeout_s=c.run_timeout_s,
-            )
-        else:
-            self._call(
-                replay_async(
+        bar = self._progress(len(prepared), name)
+        try:
+            if c.process_mode == "inprocess":
+                replay_inprocess(
                     self._llm,
                     prepared,
                     metas,
@@ -474,8 +480,25 @@ class VllmEngine:
                     greedy=c.length_mode == "trace",
                     abort_after_tokens=abort_after_tokens,
                     timeout_s=c.run_timeout_s,
+                    progress=bar,
                 )
-            )
+            else:
+                self._call(
+                    replay_async(
+                        self._llm,
+                        prepared,
+                        metas,
+                        t0=t0,
+                        seed=c.seed,
+                        greedy=c.length_mode == "trace",
+                        abort_after_tokens=abort_after_tokens,
+                        timeout_s=c.run_timeout_s,
+                        progress=bar,
+                    )
+                )
+        finally:
+            if bar is not None:
+                bar.close()
         wall = time.monotonic() - wall
         sched = read_sink(sink, [p.req.request_id for p in prepared if not math.isnan(p.submit_s)])
         final = merge_requests(prepared, sched)
@@ -488,6 +511,56 @@ class VllmEngine:
         if not c.keep_sink and c.sink_dir is None:
             shutil.rmtree(sink, ignore_errors=True)
         return EngineResult(records=records, steps=steps_table(raw_steps), meta=meta)
+
+    def _progress(self, total: int, name: str) -> Any:
+        """Finished-request progress (quiet in CI logs: report.progress); None when off."""
+        if not self.cfg.progress:
+            return None
+        from report.progress import Progress
+
+        return Progress(total, desc=f"{name} (vllm)", unit="req")
+
+    def served_frame(self, workload: Any) -> pd.DataFrame:
+        """The workload as this engine serves it: prompts tokenized by the model's tokenizer,
+        prompt and output lengths clamped to ``max_model_len`` (``prepare_requests``).
+
+        Feeding this frame to the simulator gives it exactly the lengths the live engine
+        computes (fidelity runs); serving it live again changes nothing (clamping is
+        idempotent). Needs the tokenizer: opens the engine if it is not open.
+        """
+        df = workload_frame(workload)
+        self.open()
+        prepared, _ = prepare_requests(
+            requests_from_frame(df),
+            max_model_len=self.max_model_len,
+            vocab_size=self.vocab_size,
+            tokenizer=self.tokenizer,
+            length_mode="trace",
+            prompt_source=self.cfg.prompt_source,
+            natural_max_tokens=self.cfg.natural_max_tokens,
+            seed=self.cfg.seed,
+        )
+        out = df.copy()
+        out["prompt_tokens"] = np.array([p.req.prompt_tokens for p in prepared], dtype=np.int64)
+        out["output_tokens"] = np.array(
+            [p.req.true_output_tokens for p in prepared], dtype=np.int64
+        )
+        out["max_tokens"] = np.array([p.max_tokens for p in prepared], dtype=np.int64)
+        return out
+
+    def sim_limits(self) -> dict[str, int]:
+        """The simulator parameters that mirror this (open) engine's limits."""
+        if not self.is_open:
+            raise RuntimeError(
+                "sim_limits: open the engine first (its KV geometry is resolved at start)"
+            )
+        return {
+            "max_num_seqs": self.cfg.max_num_seqs,
+            "max_num_batched_tokens": self.cfg.max_num_batched_tokens,
+            "block_size": self.block_size,
+            "num_gpu_blocks": self.num_gpu_blocks,
+            "max_model_len": self.max_model_len,
+        }
 
     def _meta(
         self,
@@ -513,6 +586,10 @@ class VllmEngine:
             "model_dir": str(self.model_dir),
             "process_mode": self.cfg.process_mode,
             "max_model_len": self.max_model_len,
+            "block_size": self.block_size,
+            "num_gpu_blocks": self.num_gpu_blocks,
+            "max_num_seqs": self.cfg.max_num_seqs,
+            "max_num_batched_tokens": self.cfg.max_num_batched_tokens,
             "length_mode": self.cfg.length_mode,
             "n_requests": len(prepared),
             "n_finished": len(served),
@@ -570,17 +647,32 @@ class VllmEngine:
 def steps_table(raw: pd.DataFrame) -> pd.DataFrame:
     """The scheduler's step lines in the shared STEP_COLUMNS layout (plus live-only columns).
 
-    Live-only columns: ``exec_s`` (model time), ``sched_s``, ``policy_us``, ``kv_read_tokens``
-    (context attended, the cost model's ``kv_tokens``), ``prefill_pairs``, ``prefill_seqs``.
+    ``duration_s`` is the step's full wall time as the simulator models it: from this step's
+    ``schedule()`` to the next one's when the engine went straight on (``busy``: requests were
+    left after the step), which includes output processing and the client loop; otherwise (the
+    engine went idle) from ``schedule()`` to the end of ``update_from_output()``.
+
+    Live-only columns: ``exec_s`` (model time), ``sched_s``, ``update_s``, ``gap_s`` (to the
+    next step's start), ``busy``, ``policy_us``, ``kv_read_tokens`` (context attended, the
+    cost model's ``kv_tokens``), ``prefill_pairs``, ``prefill_seqs``.
     """
     from data.schema import TIERS
 
     if raw.empty:
         return pd.DataFrame({k: pd.Series(dtype=v[0]) for k, v in STEP_COLUMNS.items()})
+    raw = raw.sort_values("t_start", kind="stable").reset_index(drop=True)
+    t = raw["t_start"].astype("float64")
+    gap = t.shift(-1) - t  # NaN for the last step
+    own = raw["sched_s"] + raw["exec_s"]
+    if "t_end" in raw.columns:
+        own = (raw["t_end"] - t).where(raw["t_end"].notna(), own)
+        busy = (raw["unfinished_after"] > 0) & gap.notna()
+    else:
+        busy = pd.Series(False, index=raw.index)
     out = pd.DataFrame(
         {
-            "time_s": raw["t_start"].astype("float64"),
-            "duration_s": (raw["sched_s"] + raw["exec_s"]).astype("float64"),
+            "time_s": t,
+            "duration_s": gap.where(busy, own).astype("float64"),
             "prefill_tokens": raw["prefill_tokens"].astype("int64"),
             "decode_seqs": raw["decode_seqs"].astype("int64"),
             "kv_tokens": raw["kv_tokens_held"].astype("int64"),
@@ -593,6 +685,9 @@ def steps_table(raw: pd.DataFrame) -> pd.DataFrame:
         out[f"running_{t}"] = raw["running_by_tier"].map(lambda d, t=t: int(d.get(t, 0)))
     out["exec_s"] = raw["exec_s"].astype("float64")
     out["sched_s"] = raw["sched_s"].astype("float64")
+    out["update_s"] = raw["update_s"].astype("float64") if "update_s" in raw else np.nan
+    out["gap_s"] = gap.astype("float64")
+    out["busy"] = busy.astype(bool)
     out["policy_us"] = raw["policy_us"].astype("float64")
     out["kv_read_tokens"] = raw["kv_tokens"].astype("int64")
     out["prefill_pairs"] = raw["prefill_pairs"].astype("float64")

@@ -213,8 +213,11 @@ def replay_inprocess(
     greedy: bool,
     abort_after_tokens: Mapping[str, int] | None = None,
     timeout_s: float | None = None,
+    progress: Any | None = None,
 ) -> None:
-    """Drive an in-process ``LLMEngine``: add due requests, step, record token times."""
+    """Drive an in-process ``LLMEngine``: add due requests, step, record token times.
+
+    ``progress`` (a :class:`report.progress.Progress`) counts finished requests."""
     by_id = {p.req.request_id: p for p in prepared}
     abort_after = dict(abort_after_tokens or {})
     i = 0
@@ -251,6 +254,8 @@ def replay_inprocess(
             if p is None or p.aborted:
                 continue
             _record_output(p, o, t)
+            if progress is not None and p.finished:
+                progress.update(1)
             lim = abort_after.get(p.req.request_id)
             if lim is not None and not p.finished and len(p.token_times) >= lim:
                 to_abort.append(p.req.request_id)
@@ -270,6 +275,7 @@ async def replay_async(
     greedy: bool,
     abort_after_tokens: Mapping[str, int] | None = None,
     timeout_s: float | None = None,
+    progress: Any | None = None,
 ) -> None:
     """Drive an ``AsyncLLM``: one task per request, started at its arrival time."""
     abort_after = dict(abort_after_tokens or {})
@@ -292,6 +298,8 @@ async def replay_async(
                     break
         finally:
             await gen.aclose()
+            if progress is not None and p.finished:
+                progress.update(1)
 
     tasks = []
     for p, meta in zip(prepared, metas):

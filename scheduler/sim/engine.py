@@ -42,7 +42,7 @@ from scheduler.engine import STEP_COLUMNS, EngineResult, requests_from_frame, wo
 from scheduler.policies.base import Policy
 from scheduler.records import build_records
 from scheduler.request import SchedRequest, Status
-from scheduler.sim.cost import LinearCostModel
+from scheduler.sim.cost import LinearCostModel, accepts_prefill_seqs
 from scheduler.sim.profiles import build_profile
 
 MODES = ("continuous", "microbatch")
@@ -171,6 +171,7 @@ class SimEngine:
         )
         max_budget = self.max_num_batched_tokens
         step_time = self.cost.step_time
+        seq_aware = accepts_prefill_seqs(step_time)  # fitted CPU profiles charge per prefill
         tier_id = {t: i for i, t in enumerate(TIERS)}
         tid = [tier_id[r.tier] for r in reqs]
         targets = [
@@ -385,7 +386,7 @@ class SimEngine:
                 )
 
             # 5. one forward pass
-            pf = dec = kv = 0
+            pf = dec = kv = nps = 0
             pairs = 0.0
             r_counts = [0, 0, 0]
             for r, c in scheduled:
@@ -399,9 +400,14 @@ class SimEngine:
                     dec += 1
                 else:
                     pf += c
+                    nps += 1
                     pairs += c * (ctx + 0.5 * c)
                 kv += ctx + c
-            dt = step_time(pf, dec, kv, pairs)
+            dt = (
+                step_time(pf, dec, kv, pairs, prefill_seqs=nps)
+                if seq_aware
+                else step_time(pf, dec, kv, pairs)
+            )
             t0 = now
             now = now + dt
             stats["computed_tokens"] += pf + dec

@@ -23,16 +23,26 @@ Default ``l4-llama3-8b``: one 24 GB NVIDIA L4 (300 GB/s, 121 TFLOPS dense FP16) 
 Llama-3-8B in FP16. Weights 16.06 GB leave ~4.5 GB of KV = ~34k tokens at 128 KiB/token: the
 memory-constrained regime the paper studies. A decode step with 60 sequences and 30k KV tokens
 takes ~0.09 s (c0 65 ms: weights, LM head, overhead; attention 13 ms; tokens 9 ms).
+
+**Fitted profiles.** ``profile`` may instead be the path of a JSON step-time profile fitted
+from live vLLM steps (``scheduler.live.calibrate``; e.g. the shipped
+``scheduler/sim/fitted/cpu_tiny_llama.json``, see :data:`FITTED_DIR`): its coefficients replace
+the derivation above and its ``kv_capacity_tokens`` (the live engine's KV blocks x block size)
+sizes the KV cache unless ``num_gpu_blocks`` is set. A relative path is looked up from the
+current directory, then from the repository root.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduler.sim.cost import LinearCostModel, fit_vidur_mlp
+from scheduler.sim.cost import LinearCostModel, fit_vidur_mlp, load_cost_model, read_profile_doc
 
-VIDUR_DIR = Path(__file__).resolve().parents[2] / "data" / "profiles" / "vidur"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VIDUR_DIR = REPO_ROOT / "data" / "profiles" / "vidur"
+FITTED_DIR = Path(__file__).resolve().parent / "fitted"  # shipped fitted profiles (JSON)
 GIB = 1024**3
 OVERHEAD_S = 0.002  # per-step CPU scheduling + sampling overhead of vLLM v1 (assumption, ~1-3 ms)
 ACTIVATION_RESERVE_BYTES = 1 * GIB  # activations of the start-up profiling run (assumption)
@@ -103,6 +113,10 @@ class Profile:
     fit_r2: float
 
     def num_blocks(self, block_size: int) -> int:
+        if self.kv_capacity_tokens < 1:
+            raise ValueError(
+                f"profile {self.name!r} does not record a KV capacity; set engine.num_gpu_blocks"
+            )
         return self.kv_capacity_tokens // block_size
 
     def describe(self) -> dict[str, object]:
@@ -132,10 +146,49 @@ def kv_capacity_tokens(
     return int(free // model.kv_bytes_per_token)
 
 
+def resolve_profile_path(name: str) -> Path | None:
+    """The fitted-profile file ``name`` refers to, or None if ``name`` is not a path
+    (a ``.json`` name or one with a directory separator)."""
+    if not (name.endswith(".json") or "/" in name or "\\" in name):
+        return None
+    p = Path(name).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    for base in (REPO_ROOT, FITTED_DIR):
+        if (base / p).exists():
+            return base / p
+    return p  # missing: read_profile_doc names it and how to make one
+
+
+def fitted_profile(path: str | Path) -> Profile:
+    """A :class:`Profile` from a fitted JSON step-time profile (module docstring)."""
+    path = Path(path)
+    doc = read_profile_doc(path)
+    meta = doc.get("meta") or {}
+    device = str(meta.get("device", "fitted"))
+    model = str(meta.get("model", path.stem))
+    nan = math.nan
+    return Profile(
+        name=str(path),
+        gpu=GPUSpec(device, nan, nan, nan, None),
+        model=ModelSpec(model, nan, 0, 0, 0, 0, 0, ""),
+        cost=load_cost_model(path),
+        kv_capacity_tokens=int(doc.get("kv_capacity_tokens") or 0),
+        fit_r2=float((doc.get("fit") or {}).get("r2", nan)),
+    )
+
+
 def build_profile(name: str, gpu_memory_utilization: float = 0.9) -> Profile:
-    """Fit and scale the named profile (see the module docstring for the derivation)."""
+    """Fit and scale the named profile (see the module docstring for the derivation), or load
+    a fitted JSON profile when ``name`` is a path."""
+    path = resolve_profile_path(str(name))
+    if path is not None:
+        return fitted_profile(path)
     if name not in PROFILES:
-        raise ValueError(f"unknown simulator profile {name!r}; expected one of {sorted(PROFILES)}")
+        raise ValueError(
+            f"unknown simulator profile {name!r}; expected one of {sorted(PROFILES)} "
+            "or the path of a fitted JSON profile (scheduler.live.calibrate)"
+        )
     gpu = GPUS[PROFILES[name][0]]
     model = MODELS[PROFILES[name][1]]
     ref = gpu if gpu.vidur is not None else GPUS["a100"]
