@@ -194,7 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from data.schema import TraceValidationError
+
     try:
         sys.exit(main())
     except BrokenPipeError:  # output piped into `head`: not an error
         sys.exit(0)
+    except TraceValidationError as e:  # a bad trace file: the message says where, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

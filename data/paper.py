@@ -32,7 +32,15 @@ import pandas as pd
 from data.loaders import load_source
 from data.paper_templates import BASE_BUDGET, CATEGORIES, PREFIX, TEMPLATES, TOPICS
 from data.tokens import count_tokens
-from data.workload import TIER_SLOS, MixItem, TenantSpec, Workload, spawn_streams
+from data.workload import (
+    TIER_SLOS,
+    MixItem,
+    TenantSpec,
+    Workload,
+    _check_fields,
+    check_number,
+    spawn_streams,
+)
 
 # paper category -> CASTILLO categories whose real lengths stand in for it (data.loaders sets
 # CASTILLO ``category`` to the Dolly task label, or "code"/"instruction"/"chat" by dataset)
@@ -64,6 +72,26 @@ class Phase:
     gap_s: tuple[float, float]  # inter-arrival gap ~ U(low, high) seconds
     mix: tuple[float, float, float, float]  # share of short_qa, summary, technical, report
 
+    def __post_init__(self) -> None:
+        # checked when the config is read, before CASTILLO is loaded
+        what = f"workload.phases.{self.name}"
+        check_number(f"{what}.n_requests", self.n_requests, ge=1, integer=True)
+        if len(self.gap_s) != 2:
+            raise ValueError(f"{what}.gap_s = {list(self.gap_s)}: expected [low, high] seconds")
+        for g in self.gap_s:
+            check_number(f"{what}.gap_s", g, ge=0)
+        if not self.gap_s[0] <= self.gap_s[1]:
+            raise ValueError(f"{what}.gap_s = {list(self.gap_s)}: expected low <= high")
+        if len(self.mix) != len(CATEGORIES):
+            raise ValueError(
+                f"{what}.mix = {list(self.mix)}: expected {len(CATEGORIES)} shares, one per "
+                f"category {list(CATEGORIES)}"
+            )
+        for m in self.mix:
+            check_number(f"{what}.mix", m, ge=0)
+        if not np.isclose(sum(self.mix), 1.0):
+            raise ValueError(f"{what}.mix = {list(self.mix)}: expected shares summing to 1")
+
 
 @dataclass(frozen=True)
 class PaperSpec:
@@ -86,21 +114,32 @@ class PaperSpec:
         d = _to_container(cfg)
         d.pop("_target_", None)
         d.pop("preset", None)
+        _check_fields("workload (preset: paper)", d, cls)
         if "phases" in d:
             items = (
                 d["phases"].items()
                 if isinstance(d["phases"], dict)
-                else [(p["name"], p) for p in d["phases"]]
+                else [(p.get("name", "?"), p) for p in d["phases"]]
             )
-            d["phases"] = tuple(
-                Phase(
-                    name=k,
-                    n_requests=int(p["n_requests"]),
-                    gap_s=tuple(p["gap_s"]),
-                    mix=tuple(p["mix"]),
+            phases = []
+            for k, p in items:
+                need = {"n_requests", "gap_s", "mix"}
+                if not isinstance(p, dict) or not need <= set(p):
+                    raise ValueError(
+                        f"workload.phases.{k} = {p!r}: expected a mapping with {sorted(need)}"
+                    )
+                _check_fields(f"workload.phases.{k}", {**p, "name": k}, Phase)
+                phases.append(
+                    Phase(
+                        name=k,
+                        n_requests=p["n_requests"],
+                        gap_s=tuple(p["gap_s"]),
+                        mix=tuple(p["mix"]),
+                    )
                 )
-                for k, p in items
-            )
+            if not phases:
+                raise ValueError("workload.phases is empty; expected at least one phase")
+            d["phases"] = tuple(phases)
         if d.get("castillo_models") is not None:
             d["castillo_models"] = tuple(d["castillo_models"])
         if "mapping" in d:

@@ -38,6 +38,26 @@ def workload_from_config(cfg: Any, seed: int = 0) -> Workload:
     return build_workload(WorkloadSpec.from_config(d), seed)
 
 
+def check_load(utilisation: Any, rate_rps: Any = None) -> None:
+    """Reject an offered load that cannot be run, before any workload is built.
+
+    ``rate_rps`` (requests per second), when set, overrides ``utilisation`` (a fraction of the
+    engine's capacity, > 0; above 1 overloads the engine on purpose). Both come from the
+    command line (``utilisation=0.9``, ``rate_rps=4``), so strings and NaN are caught here.
+    """
+    from data.workload import check_number
+
+    if rate_rps is not None:
+        check_number("rate_rps", rate_rps, gt=0)
+        return
+    if utilisation is None:
+        raise ValueError(
+            "utilisation is null and rate_rps is not set: set one of them "
+            "(e.g. utilisation=0.9 or rate_rps=4)"
+        )
+    check_number("utilisation", utilisation, gt=0)
+
+
 def compose_workload_config(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """The ``workload`` group's config ``name`` composed by Hydra (defaults lists applied),
     outside any Hydra app (for ``python -m data.inspect`` and tests)."""

@@ -69,6 +69,51 @@ needs at most 6,144 KV slots, well inside a 24 GB GPU's cache for an 8B model.""
 DEFAULT_MAX_PROMPT_TOKENS = 4096
 
 
+def check_number(
+    what: str,
+    value: Any,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    integer: bool = False,
+    none_ok: bool = False,
+    finite: bool = True,
+) -> None:
+    """Raise ``ValueError`` naming ``what`` unless ``value`` is a number in range.
+
+    Config values arrive from YAML and command-line overrides, so a string ("fast"), a bool,
+    NaN or inf must fail here, when the spec is built, not deep inside numpy minutes later.
+    """
+    if value is None and none_ok:
+        return
+    kind = "an integer" if integer else "a number"
+    bounds = f" > {gt:g}" if gt is not None else (f" >= {ge:g}" if ge is not None else "")
+    expected = f"expected {kind}{bounds}" + (" or null" if none_ok else "")
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    if ok and integer and not isinstance(value, int | np.integer):
+        ok = False  # 2.0 too: a float size would fail later inside numpy
+    if ok and math.isnan(value):
+        ok = False
+    if ok and finite and math.isinf(value):
+        ok = False
+    if ok and gt is not None and not value > gt:
+        ok = False
+    if ok and ge is not None and not value >= ge:
+        ok = False
+    if not ok:
+        raise ValueError(f"{what} = {value!r}: {expected}")
+
+
+def _check_fields(what: str, given: Mapping[str, Any], cls: type) -> None:
+    """Unknown keys in a config mapping: a ValueError listing the valid ones (not TypeError)."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {unknown}; expected some of {sorted(known)}")
+
+
 def spawn_streams(seed: int) -> dict[str, np.random.Generator]:
     """One independent Generator per name in ``STREAMS``, derived from ``seed``."""
     if seed is None or int(seed) != seed or seed < 0:
@@ -90,6 +135,9 @@ class MixItem:
     models: tuple[str, ...] | None = None  # keep only rows produced by these models
     categories: tuple[str, ...] | None = None  # keep only rows of these categories
 
+    def __post_init__(self) -> None:
+        check_number(f"mix item {self.source!r}: weight", self.weight, ge=0)
+
 
 @dataclass(frozen=True)
 class TenantSpec:
@@ -108,12 +156,19 @@ class TenantSpec:
             raise ValueError(
                 f"tenant {self.name!r}: unknown tier {self.tier!r}; expected one of {list(TIERS)}"
             )
-        if not (self.weight >= 0 and math.isfinite(self.weight)):
-            raise ValueError(f"tenant {self.name!r}: weight {self.weight!r}: expected >= 0")
-        if not (self.slo_ttft_s > 0 and self.slo_e2e_s > 0):
-            raise ValueError(f"tenant {self.name!r}: SLOs must be > 0 seconds")
+        check_number(f"tenant {self.name!r}: weight", self.weight, ge=0)
+        # an SLO may be inf (no objective) but never <= 0 or NaN
+        check_number(f"tenant {self.name!r}: slo_ttft_s", self.slo_ttft_s, gt=0, finite=False)
+        check_number(f"tenant {self.name!r}: slo_e2e_s", self.slo_e2e_s, gt=0, finite=False)
+        check_number(
+            f"tenant {self.name!r}: max_tokens", self.max_tokens, ge=1, integer=True, none_ok=True
+        )
         if not self.mix:
             raise ValueError(f"tenant {self.name!r}: mix is empty; expected at least one source")
+        if not sum(m.weight for m in self.mix) > 0:
+            raise ValueError(
+                f"tenant {self.name!r}: mix weights sum to 0; expected a positive total"
+            )
 
 
 @dataclass(frozen=True)
@@ -139,18 +194,25 @@ class ArrivalSpec:
             raise ValueError(
                 f"unknown arrival kind {self.kind!r}; expected one of {list(ARRIVAL_KINDS)}"
             )
-        if self.kind in ("poisson", "gamma") and not (self.rate_rps and self.rate_rps > 0):
-            raise ValueError(f"{self.kind} arrivals need rate_rps > 0, got {self.rate_rps!r}")
-        if self.rate_rps is not None and not self.rate_rps > 0:
-            raise ValueError(f"rate_rps {self.rate_rps!r}: expected > 0 or None")
-        if self.kind == "gamma" and not self.cv > 0:
-            raise ValueError(f"gamma arrivals need cv > 0, got {self.cv!r}")
+        if self.kind in ("poisson", "gamma") and self.rate_rps is None:
+            raise ValueError(
+                f"{self.kind} arrivals need rate_rps > 0 (workload.arrival.rate_rps, requests per second)"
+            )
+        check_number("workload.arrival.rate_rps", self.rate_rps, gt=0, none_ok=True)
+        check_number("workload.arrival.cv", self.cv, gt=0)
         if self.kind == "replay" and self.trace not in REPLAY_TRACES:
             raise ValueError(f"replay trace {self.trace!r}: expected one of {list(REPLAY_TRACES)}")
-        if not self.window_s > 0:
-            raise ValueError(f"window_s {self.window_s!r}: expected > 0")
-        if not self.rate_scale > 0:
-            raise ValueError(f"rate_scale {self.rate_scale!r}: expected > 0")
+        check_number("workload.arrival.start_s", self.start_s, ge=0)
+        check_number("workload.arrival.window_s", self.window_s, gt=0)
+        check_number("workload.arrival.rate_scale", self.rate_scale, gt=0)
+        if self.kind == "servegen":
+            from data.loaders.servegen import SERVEGEN_MODELS
+
+            if self.servegen_model not in SERVEGEN_MODELS:
+                raise ValueError(
+                    f"workload.arrival.servegen_model {self.servegen_model!r}: expected one of "
+                    f"{list(SERVEGEN_MODELS)}"
+                )
 
     def describe(self) -> str:
         if self.kind == "poisson":
@@ -178,17 +240,29 @@ class WorkloadSpec:
     # (CASTILLO), the true length is one of them drawn at random, not always the first
 
     def __post_init__(self) -> None:
-        if self.n_requests < 1:
-            raise ValueError(f"n_requests {self.n_requests}: expected >= 1")
+        check_number("workload.n_requests", self.n_requests, ge=1, integer=True)
         if not self.tenants:
             raise ValueError("a workload needs at least one tenant")
         names = [t.name for t in self.tenants]
         if len(set(names)) != len(names):
             raise ValueError(f"tenant names must be unique, got {names}")
         if self.arrival.kind != "servegen" and sum(t.weight for t in self.tenants) <= 0:
-            raise ValueError("tenant weights sum to 0; expected a positive total")
-        if self.max_tokens < 1 or self.max_prompt_tokens < 1:
-            raise ValueError("max_tokens and max_prompt_tokens must be >= 1")
+            raise ValueError(
+                f"tenant weights sum to 0 ({ {t.name: t.weight for t in self.tenants} }); "
+                "expected a positive total"
+            )
+        check_number("workload.max_tokens", self.max_tokens, ge=1, integer=True)
+        check_number("workload.max_prompt_tokens", self.max_prompt_tokens, ge=1, integer=True)
+        # every source is checked here, before any file is read (a typo fails in milliseconds)
+        from data.loaders import SOURCES
+
+        for t in self.tenants:
+            for m in t.mix:
+                if m.source not in SOURCES:
+                    raise ValueError(
+                        f"tenant {t.name!r}: unknown source {m.source!r} in mix; expected one "
+                        f"of {sorted(SOURCES)}"
+                    )
 
     @classmethod
     def from_config(cls, cfg: Any) -> WorkloadSpec:
@@ -242,25 +316,36 @@ def _tup(v: Any) -> tuple | None:
 
 
 def _tenant_from_dict(t: Mapping[str, Any]) -> TenantSpec:
+    if not isinstance(t, Mapping):
+        raise ValueError(f"workload tenant {t!r}: expected a mapping of tenant fields")
     t = dict(t)
     name = t.get("name", "?")
+    _check_fields(f"tenant {name!r}", t, TenantSpec)
     tier = t.get("tier")
     slo_ttft, slo_e2e = TIER_SLOS.get(tier, (None, None)) if isinstance(tier, str) else (None, None)
     mix_cfg = t.pop("mix", None)
     if not mix_cfg:
         raise ValueError(f"tenant {name!r}: 'mix' is missing or empty")
     if isinstance(mix_cfg, Mapping):  # {source: weight} shorthand
-        mix = tuple(MixItem(source=s, weight=float(w)) for s, w in mix_cfg.items())
+        mix = tuple(MixItem(source=s, weight=w) for s, w in mix_cfg.items())
     else:
-        mix = tuple(
-            MixItem(
-                source=m["source"],
-                weight=float(m.get("weight", 1.0)),
-                models=_tup(m.get("models")),
-                categories=_tup(m.get("categories")),
+        items = []
+        for m in mix_cfg:
+            if not isinstance(m, Mapping) or "source" not in m:
+                raise ValueError(
+                    f"tenant {name!r}: mix item {m!r}: expected a mapping with a 'source' "
+                    "(and optional weight, models, categories)"
+                )
+            _check_fields(f"tenant {name!r}: mix item {m['source']!r}", m, MixItem)
+            items.append(
+                MixItem(
+                    source=m["source"],
+                    weight=m.get("weight", 1.0),
+                    models=_tup(m.get("models")),
+                    categories=_tup(m.get("categories")),
+                )
             )
-            for m in mix_cfg
-        )
+        mix = tuple(items)
     t.setdefault("slo_ttft_s", slo_ttft)
     t.setdefault("slo_e2e_s", slo_e2e)
     if t["slo_ttft_s"] is None or t["slo_e2e_s"] is None:
@@ -271,7 +356,14 @@ def _tenant_from_dict(t: Mapping[str, Any]) -> TenantSpec:
 
 
 def _arrival_from_dict(a: Mapping[str, Any]) -> ArrivalSpec:
+    if not isinstance(a, Mapping):
+        raise ValueError(f"workload.arrival {a!r}: expected a mapping (kind, rate_rps, ...)")
     a = dict(a)
+    _check_fields("workload.arrival", a, ArrivalSpec)
+    if a.get("kind", "poisson") not in ARRIVAL_KINDS:
+        raise ValueError(
+            f"unknown arrival kind {a.get('kind')!r}; expected one of {list(ARRIVAL_KINDS)}"
+        )
     if a.get("servegen_clients") is not None:
         a["servegen_clients"] = tuple(int(c) for c in a["servegen_clients"])
     return ArrivalSpec(**a)

@@ -16,6 +16,10 @@ from data.loaders._common import raw_path
 WINDOW_S = 600.0
 """Length of one ServeGen rate window in seconds (windows start every 600 s)."""
 
+SERVEGEN_MODELS: tuple[str, ...] = ("m-large", "m-mid", "m-small", "deepseek-r1", "mm-image")
+"""The ServeGen workloads in the shipped tables (configs are checked against this list before
+any file is read; a test checks it matches the file)."""
+
 # column -> dtype of each table (checked on load; a mismatch means the raw file changed)
 WINDOW_COLUMNS: dict[str, str] = {
     "category": "string",  # language | reason | multimodal
