@@ -73,7 +73,17 @@ def _clean(o: Any) -> Any:
     return o
 
 
+INCOMPLETE_MARKER = "INCOMPLETE"  # report.runs.MARKER: present while a job runs or after it failed
+
+
+def _write_marker(path: Path, text: str) -> None:
+    _atomic_write(path, lambda p: p.write_text(text))
+
+
 def write_outputs(out_dir: Path, result: Any, summary: Mapping[str, Any]) -> None:
+    # a re-run into a finished job's directory: drop the old summary first, so a crash between
+    # the renames below never pairs new records with a summary that claims completion
+    (out_dir / "summary.json").unlink(missing_ok=True)
     _atomic_write(out_dir / "records.parquet", lambda p: result.records.to_parquet(p))
     _atomic_write(out_dir / "steps.parquet", lambda p: result.steps.to_parquet(p))
     _atomic_write(
@@ -148,9 +158,10 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
     """Run every selected policy on one workload and engine; returns summaries by policy."""
     from hydra.utils import instantiate
 
-    from data.presets import workload_from_config
+    from data.presets import check_load, workload_from_config
 
     seed = int(cfg.seed)
+    check_load(cfg.get("utilisation"), cfg.get("rate_rps"))
     # Every config error surfaces here, before an engine starts (and before the workload is
     # built): the engine's constructor validates its config without starting anything, and
     # every policy is built up front.
@@ -225,9 +236,20 @@ def _evaluate(
             if hasattr(engine, "observer"):  # the simulator: quiet progress in simulated time
                 observer = sim_observer(f"{name} (sim)", workload)
                 engine.observer = observer
+            # marks the job unfinished until summary.json is written (report.runs reads it):
+            # a run that raises or is killed stays flagged, also in the bare command's tree
+            marker = out_dir / INCOMPLETE_MARKER
+            _write_marker(marker, f"running policy {name}\n")
             t0 = time.perf_counter()
             try:
                 result = engine.run(workload, policy)
+            except BaseException as e:
+                _write_marker(
+                    marker,
+                    f"policy {name} failed: {type(e).__name__}: {e}\n"
+                    "no records were written for it (the engine keeps none of a failed run)\n",
+                )
+                raise
             finally:
                 if observer is not None:
                     observer.close()
@@ -249,6 +271,7 @@ def _evaluate(
             }
             summary = summarize(result.records, slos, extra)
             write_outputs(out_dir, result, summary)  # summary.json last: marks the job finished
+            marker.unlink(missing_ok=True)
             log_evaluation(tracker, _clean(summary))
             summaries[name] = summary
         lat = summary["latency"]
