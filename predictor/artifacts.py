@@ -168,7 +168,30 @@ def read_meta(directory: Path, kinds: tuple[str, ...] | None = None) -> dict[str
         raise ArtifactError(
             f"{path}: artifact kind {meta.get('kind')!r}, expected one of {list(kinds)}"
         )
-    for name, digest in (meta.get("files") or {}).items():
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        raise ArtifactError(
+            f"{path}: 'files' must map each model file to its sha256; retrain with "
+            f"`{TRAIN_COMMAND}`"
+        )
+    for name in files:
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            # a listed name such as "../x" would make the check read outside the artifact
+            raise ArtifactError(
+                f"{path}: listed file {name!r} is not a plain file name inside {directory}"
+            )
+    # a file nobody listed was not written by training (a leftover or an injected file)
+    extra = sorted(
+        p.name
+        for p in directory.iterdir()
+        if p.is_file() and p.name != META and p.name not in files and not p.name.startswith(".")
+    )
+    if extra:
+        raise ArtifactError(
+            f"{directory}: unexpected file(s) {extra} not listed in {META}; remove them "
+            f"or retrain with `{TRAIN_COMMAND}`"
+        )
+    for name, digest in files.items():
         p = directory / name
         if not p.is_file():
             raise ArtifactError(

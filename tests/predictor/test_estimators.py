@@ -11,7 +11,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from predictor.artifacts import ArtifactError, ArtifactNotFoundError
+from predictor.artifacts import ArtifactError, ArtifactNotFoundError, file_sha256
 from predictor.baselines import (
     ConstantMedian,
     PaperHeuristic,
@@ -99,7 +99,8 @@ def test_lgbm_model_file_garbage_is_reported(trace: pd.DataFrame, tmp_path: Path
     d = est.save(tmp_path / "a")
     (d / "model_q50.txt").write_text("garbage")
     meta = json.loads((d / "meta.json").read_text())
-    meta["files"].pop("model_q50.txt")  # defeat the hash check: the loader must still fail
+    # defeat the hash check (re-sign the garbage): the loader must still fail
+    meta["files"]["model_q50.txt"] = file_sha256(d / "model_q50.txt")
     (d / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="LightGBM"):
         LightGBMLength.load(d)
