@@ -1,23 +1,42 @@
-"""Per-step policy overhead inside the live vLLM engine with a deep waiting queue.
+"""Inside live vLLM (CPU, tiny model): policy share of step time, and replay throughput (section 4).
 
-    python benchmarks/bench_live.py [--waiting 256] [--policies fifo,weighted_fair,drift]
+    python -m benchmarks.bench_live                   # both parts
+    python -m benchmarks.bench_live --waiting 256 --policies fifo,weighted_fair,drift
 
-Serves ``waiting + max_num_seqs`` short requests (prompt 16, output 4 tokens) that all arrive at
-t=0 on the tiny CPU model, so most steps see ~``waiting`` queued requests; reports the
-driver's time per step (mirror sync, hooks, keys, re-heapify: ``policy_us``) over the steps
-with at least ``waiting / 2`` requests waiting. ``drift`` needs ``artifacts/`` (python train.py).
+1. *Policy share of step time at a deep queue* (helper-4's original benchmark, kept): serves
+   ``waiting + max_num_seqs`` short requests (prompt 16, output 4 tokens) that all arrive at t=0
+   on the tiny CPU model, so most steps see ~``waiting`` queued requests, and reports the
+   adapter's own per-step timing ``policy_us`` (mirror sync, policy hooks including the
+   predictor, keys, re-heapify) over the steps with at least ``waiting / 2`` requests waiting,
+   as a share of the step (``sched_s + exec_s``: vLLM's scheduling plus the forward pass).
+   Target: <= 5% at 256 waiting. ``drift`` reads ``artifacts/`` (``python train.py``).
+2. *End-to-end replay throughput*: the same saturating workload (``--throughput-requests``
+   requests, prompt 64 and output 32 tokens, all at t=0, 16 sequences) through vLLM with our
+   adapter (``scheduler_cls``) under ``fifo`` and ``drift``, and through stock vLLM with its
+   own ``fcfs`` and ``priority`` scheduling (no adapter; priority = tier rank), driven by the
+   same replay client (``scheduler.live.replay.replay_inprocess``). Output tokens per second of
+   replay wall time, median of ``--repeats`` rounds (every arm once per round, interleaved),
+   as a ratio to stock FCFS.
+
+How stock vLLM is started without our scheduler: ``VllmEngine`` always installs the adapter, so
+``_StockEngine`` below opens the same engine configuration with vLLM's default ``Scheduler``
+class and the chosen ``scheduling_policy``. It imports nothing from vLLM itself (the engine's
+own ``open`` does); a first-class option in ``VllmEngine`` would make this unnecessary.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import statistics
+import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pandas as pd
+
+from benchmarks.common import emit, md_table
 
 SPECS = {
     "fifo": {"_target_": "scheduler.policies.fifo.FIFOPolicy"},
@@ -25,21 +44,13 @@ SPECS = {
     "weighted_fair": {"_target_": "scheduler.policies.weighted_fair.WeightedFairPolicy"},
     "drift": {"_target_": "scheduler.policies.drift.DriftPolicy"},
 }
+STOCK_SCHEDULER = "vllm.v1.core.sched.scheduler.Scheduler"
+TIER_RANK = {"premium": 0, "standard": 1, "batch": 2}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--waiting", type=int, default=256)
-    ap.add_argument("--max-num-seqs", type=int, default=4)
-    ap.add_argument("--policies", default="fifo,oracle,weighted_fair,drift")
-    args = ap.parse_args()
-    from hydra.utils import instantiate
-
-    from scheduler.live.engine import VllmEngine
-
-    n = args.waiting + args.max_num_seqs
+def workload(n: int, prompt_tokens: int, output_tokens: int) -> pd.DataFrame:
     tiers = np.array(["premium", "standard", "batch"])[np.arange(n) % 3]
-    df = pd.DataFrame(
+    return pd.DataFrame(
         {
             "request_id": [f"r{i}" for i in range(n)],
             "tenant": "t0",
@@ -49,35 +60,185 @@ def main() -> None:
             "model": "m",
             "arrival_s": 0.0,
             "prompt": ["Write a short poem about the sea."] * n,
-            "prompt_tokens": 16,
-            "output_tokens": 4,
+            "prompt_tokens": prompt_tokens,
+            "output_tokens": output_tokens,
         }
     )
+
+
+def policy_share(waiting: int, max_num_seqs: int, policies: list[str]) -> dict:
+    from hydra.utils import instantiate
+
+    from scheduler.live.engine import VllmEngine
+
+    df = workload(waiting + max_num_seqs, 16, 4)
     out = {}
-    with VllmEngine(max_num_seqs=args.max_num_seqs, prompt_source="synthetic") as eng:
-        for name in args.policies.split(","):
+    with VllmEngine(max_num_seqs=max_num_seqs, prompt_source="synthetic") as eng:
+        for name in policies:
             try:
                 policy = instantiate(SPECS[name])
-            except Exception as e:
+            except Exception as e:  # e.g. drift without artifacts: reported, not fatal
                 out[name] = {"skipped": repr(e)[:200]}
                 continue
             res = eng.run(df, policy)
             s = res.steps
             deep = s[
-                (
-                    s[["waiting_premium", "waiting_standard", "waiting_batch"]].sum(axis=1)
-                    >= args.waiting // 2
-                )
+                s[["waiting_premium", "waiting_standard", "waiting_batch"]].sum(axis=1)
+                >= waiting // 2
             ]
             us = deep["policy_us"].to_numpy()
+            step_us = (deep["sched_s"] + deep["exec_s"]).to_numpy() * 1e6
             out[name] = {
                 "steps": len(deep),
-                "p50_us": float(np.percentile(us, 50)),
-                "p99_us": float(np.percentile(us, 99)),
-                "mean_exec_ms": float(deep["exec_s"].mean() * 1e3),
+                "policy_p50_us": float(np.percentile(us, 50)),
+                "policy_p99_us": float(np.percentile(us, 99)),
+                "step_p50_ms": float(np.percentile(step_us, 50) / 1e3),
+                "share_pct": float(100 * us.sum() / step_us.sum()),
+                "share_p50_pct": float(100 * np.median(us / step_us)),
                 "faults": res.meta["policy_faults"],
             }
-    print(json.dumps(out, indent=1))
+    return out
+
+
+class _StockEngine:
+    """An open ``VllmEngine`` configuration served by vLLM's own scheduler (module doc)."""
+
+    def __init__(self, scheduling_policy: str, **cfg):
+        from scheduler.live.engine import VllmEngine
+
+        class Stock(VllmEngine):
+            def _engine_args(self):
+                args = super()._engine_args()
+                args.scheduling_policy = scheduling_policy
+                return args
+
+        self.engine = Stock(**cfg)
+
+    def __enter__(self):
+        import scheduler.live.adapter as adapter
+
+        saved = adapter.scheduler_cls_for
+        adapter.scheduler_cls_for = lambda async_scheduling: STOCK_SCHEDULER
+        try:
+            self.engine.open()
+        finally:
+            adapter.scheduler_cls_for = saved
+        sched = self.engine._llm.engine_core.engine_core.scheduler
+        assert type(sched).__module__.startswith("vllm."), type(sched)
+        return self
+
+    def __exit__(self, *exc):
+        self.engine.close()
+
+    def replay(self, df: pd.DataFrame, priority: bool) -> tuple[float, int]:
+        """(wall seconds, output tokens) of one replay through the stock scheduler."""
+        from scheduler.engine import requests_from_frame
+        from scheduler.live.replay import prepare_requests, replay_inprocess, request_metadata
+
+        e, c = self.engine, self.engine.cfg
+        prepared, _ = prepare_requests(
+            requests_from_frame(df),
+            max_model_len=e.max_model_len,
+            vocab_size=e.vocab_size,
+            tokenizer=e.tokenizer,
+            length_mode=c.length_mode,
+            prompt_source=c.prompt_source,
+            natural_max_tokens=c.natural_max_tokens,
+            seed=c.seed,
+        )
+        t0 = time.monotonic() + 0.05
+        metas = [
+            request_metadata(p, run_id="stock", t0=t0, sink="", policy_spec=None, send_prompt=False)
+            for p in prepared
+        ]
+        inner = e._llm
+        llm = inner
+        if priority:
+            rank = {p.req.request_id: TIER_RANK[p.req.tier] for p in prepared}
+
+            class WithPriority:  # the replay client's engine calls, plus vLLM's priority
+                def add_request(self, rid, prompt, params):
+                    inner.add_request(rid, prompt, params, priority=rank[rid])
+
+                def __getattr__(self, name):
+                    return getattr(inner, name)
+
+            llm = WithPriority()
+        wall = time.monotonic()
+        replay_inprocess(llm, prepared, metas, t0=t0, seed=c.seed, greedy=True)
+        wall = time.monotonic() - wall
+        return wall, sum(len(p.token_times) for p in prepared)
+
+
+def throughput(n: int, repeats: int, max_num_seqs: int = 16) -> list[dict]:
+    """Every arm once per round, ``repeats`` rounds (interleaved: a drifting background load on
+    the shared machine hits every arm alike); engine start-up is not timed."""
+    from hydra.utils import instantiate
+
+    from scheduler.live.engine import VllmEngine
+
+    df = workload(n, 64, 32)
+    cfg = {"max_num_seqs": max_num_seqs, "prompt_source": "synthetic"}
+    res: dict[str, list[tuple[float, int]]] = {}
+    for _ in range(repeats):
+        with VllmEngine(**cfg) as eng:
+            for name in ("fifo", "drift"):
+                try:
+                    r = eng.run(df, instantiate(SPECS[name]))
+                except Exception as e:  # drift without artifacts: reported, not fatal
+                    print(f"  live {name}: {e!r}"[:300])
+                    continue
+                res.setdefault(f"ours:{name}", []).append(
+                    (r.meta["wall_s"], r.meta["output_tokens"])
+                )
+        for pol in ("fcfs", "priority"):
+            with _StockEngine(pol, **cfg) as stock:
+                res.setdefault(f"vllm:{pol}", []).append(stock.replay(df, pol == "priority"))
+    rows = []
+    for arm, runs in res.items():
+        tps = [tok / w for w, tok in runs if w > 0]
+        rows.append(
+            {
+                "arm": arm,
+                "runs": len(tps),
+                "wall_s": statistics.median([w for w, _ in runs]),
+                "output_tokens": runs[0][1],
+                "tok_per_s": statistics.median(tps),
+                "tok_per_s_min": min(tps),
+                "tok_per_s_max": max(tps),
+            }
+        )
+    base = next(r["tok_per_s"] for r in rows if r["arm"] == "vllm:fcfs")
+    for r in rows:
+        r["ratio_vs_vllm_fcfs"] = r["tok_per_s"] / base
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--waiting", type=int, default=256)
+    ap.add_argument("--max-num-seqs", type=int, default=4)
+    ap.add_argument("--policies", default="fifo,oracle,weighted_fair,drift")
+    ap.add_argument("--throughput-requests", type=int, default=192)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip", default="", help="comma list: share,throughput")
+    ap.add_argument("--json", action="store_true", help="one BENCH_JSON line (for benchmarks.run)")
+    args = ap.parse_args()
+    skip = set(args.skip.split(","))
+    out: dict = {"waiting": args.waiting, "max_num_seqs": args.max_num_seqs}
+    if "share" not in skip:
+        out["share"] = policy_share(
+            args.waiting, args.max_num_seqs, [p for p in args.policies.split(",") if p]
+        )
+    if "throughput" not in skip:
+        out["throughput"] = throughput(args.throughput_requests, args.repeats)
+    if args.json:
+        emit(out)
+        return
+    if "share" in out:
+        print(md_table([{"policy": k, **v} for k, v in out["share"].items()]))
+    if "throughput" in out:
+        print(md_table(out["throughput"]))
 
 
 if __name__ == "__main__":

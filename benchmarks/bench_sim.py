@@ -1,17 +1,19 @@
-"""Simulator speed and policy overhead, printed as tables.
+"""Simulator throughput, scaling with work, and side-by-side peers (BENCHMARKS.md section 1).
 
-    python -m benchmarks.bench_sim                       # default workload, 10,000 requests
+    python -m benchmarks.bench_sim                        # table: every policy, 10,000 requests
     python -m benchmarks.bench_sim --n 2000 --policies fifo,sjf
+    python -m benchmarks.bench_sim worker TRACE.parquet --policy fifo   # one measured run
 
-1. *Simulation speed*: every policy serves ``--n`` requests of the default workload at
-   ``--utilisation`` (0.95) of the default engine's capacity, on one core; wall time, engine
-   steps and microseconds per step. Target: 10,000 requests in <= 10 s. ``prepare_s`` is the
-   learned policies' one-off featurisation of the trace (``Policy.prepare``), shown apart.
-2. *Policy overhead per engine step with 1,000 waiting requests*: the policy hooks an engine
-   calls every step (``on_step``, ``preempt``, ``take_changed`` + re-keying, ``ranked`` for
-   dynamic policies, the key of the next candidate), timed on a queue of 1,000 waiting and 50
-   running requests that advance one token per step, with an admission and a completion every
-   10 steps. Target: <= 100 us.
+Every run is its own process under ``/usr/bin/time -v`` (whole-process wall clock and peak
+RSS); inside it, ``sim_s`` is ``SimEngine.run`` alone and ``prepare_s`` the learned policies'
+one-off featurisation of the trace (``Policy.prepare``), timed apart. Simulated requests per
+second = requests / ``sim_s``. Traces: ``benchmarks.traces`` (default workload at 95% of the
+default engine's capacity). Target: 10,000 requests in <= 10 s on one core.
+
+Peers (``benchmarks/install_peers.sh``): Vidur and sched-sim run the identical trace (arrival,
+prompt and output tokens) in their own venv; ours runs it with the same KV capacity. Both peers
+break down once KV preemption happens (see the workers' docstrings and BENCHMARKS.md), so the
+side-by-side runs use ``PEER_KV_BLOCKS`` blocks, enough that no simulator preempts.
 """
 
 from __future__ import annotations
@@ -20,18 +22,22 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np
-import pandas as pd
+from benchmarks.common import (
+    ROOT,
+    BenchError,
+    emit,
+    md_table,
+    median,
+    peers_python,
+    python_cmd,
+    run_measured,
+)
+from benchmarks.traces import peer_csv, sim_trace, trace_meta
 
-from scheduler.engine import requests_from_frame
-from scheduler.policies.base import Policy
-from scheduler.request import Status
-from scheduler.sim.engine import SimEngine
-
-ROOT = Path(__file__).resolve().parents[1]
 ALL = [
     "fifo",
     "priority",
@@ -43,9 +49,12 @@ ALL = [
     "drift",
     "oracle",
 ]
+PEER_KV_BLOCKS = 33_000  # 528k KV tokens of 16: no preemption on the benchmark traces
+PEERS = ("vidur", "sched-sim")
 
 
-def make_policy(name: str, predictor_dir: str) -> Policy:
+def make_policy(name: str, predictor_dir: str) -> Any:
+    """The policy of ``conf/policy/<name>.yaml``, composed like ``evaluate.py +policy=name``."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -56,126 +65,176 @@ def make_policy(name: str, predictor_dir: str) -> Policy:
     return instantiate(cfg.policy)
 
 
-def policy_overhead(
-    name: str,
-    predictor_dir: str,
-    frame: pd.DataFrame,
-    n_wait: int = 1000,
-    n_run: int = 50,
-    steps: int = 300,
-) -> float:
-    """Mean seconds of policy work per engine step (see the module docstring)."""
-    pol = make_policy(name, predictor_dir)
-    reqs = requests_from_frame(frame.iloc[: n_wait + n_run + steps].reset_index(drop=True))
-    for r in reqs:
-        r.arrival_s = 0.0
-    now = 1.0
-    pol.prepare(reqs)
-    pol.on_arrival(reqs[: n_wait + n_run], now)
-    running = reqs[:n_run]
-    for r in running:
-        r.status = Status.RUNNING
-        r.admitted_s = now
-        r.num_computed_tokens = r.prompt_tokens
-    pol.on_admit(running, now)
-    waiting = {r.index: r for r in reqs[n_run : n_wait + n_run]}
-    spare = list(reqs[n_wait + n_run :])
-    uses_preempt = type(pol).preempt is not Policy.preempt
-    dynamic = pol.dynamic_keys and not pol.incremental_keys
-    total = 0.0
-    for step in range(steps):
-        now += 0.05
-        for r in running:  # the engine's progress for this step
-            r.num_output_tokens += 1
-            r.num_computed_tokens += 1
-        t0 = time.perf_counter()
-        if pol.uses_step_hook:
-            pol.on_step(running, list(waiting.values()), now)
-            for r in pol.take_changed():
-                pol.key(r, now)
-        if uses_preempt:
-            pol.preempt(running, list(waiting.values()), now)
-        if dynamic:
-            nxt = next(iter(pol.ranked(list(waiting.values()), now)), None)
-        else:
-            nxt = next(iter(waiting.values()))
-        if nxt is not None:
-            pol.key(nxt, now)
-        if step % 10 == 0 and spare:  # one completion, one admission, one arrival
-            done = running.pop(0)
-            done.status = Status.FINISHED
-            pol.on_finish([done], now)
-            new = waiting.pop(nxt.index) if nxt is not None else None
-            if new is not None:
-                new.status = Status.RUNNING
-                running.append(new)
-                pol.on_admit([new], now)
-            arr = spare.pop()
-            pol.on_arrival([arr], now)
-            waiting[arr.index] = arr
-        total += time.perf_counter() - t0
-    return total / steps
+def default_predictor_dir() -> str:
+    return os.environ.get("DRIFTSCHED_BENCH_ARTIFACTS", str(ROOT / "artifacts"))
+
+
+# ---------------------------------------------------------------------------------- worker
+def worker(trace: str, policy: str, predictor_dir: str, kv_blocks: int | None) -> dict:
+    """One simulation in this process (run under GNU time by the parent)."""
+    import pandas as pd
+
+    from scheduler.engine import requests_from_frame
+    from scheduler.sim.engine import SimEngine
+
+    t0 = time.perf_counter()
+    df = pd.read_parquet(trace)
+    load_s = time.perf_counter() - t0
+    eng = SimEngine(num_gpu_blocks=kv_blocks)
+    pol = make_policy(policy, predictor_dir)
+    # admission-time predictor work over the whole trace, timed apart from the simulation; the
+    # engine's own prepare() call then finds every request featurised (cached by index)
+    t0 = time.perf_counter()
+    pol.prepare(requests_from_frame(df))
+    prepare_s = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = eng.run(df, pol)
+    sim_s, sim_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    steps = int(res.meta["steps"])
+    return {
+        "policy": policy,
+        "requests": len(df),
+        "load_s": load_s,
+        "prepare_s": prepare_s,
+        "sim_s": sim_s,
+        "sim_cpu_s": sim_cpu_s,
+        "steps": steps,
+        "preemptions": int(res.meta["preemptions"]),
+        "kv_blocks": eng.num_gpu_blocks,
+        "makespan_s": float(res.meta["makespan_s"]),
+    }
+
+
+# ---------------------------------------------------------------------------------- drivers
+def run_ours(
+    trace: Path, policy: str, repeats: int, kv_blocks: int | None = None, timeout_s: float = 3600
+) -> dict:
+    """Median of ``repeats`` worker processes; every run's figures are kept too."""
+    args = ["worker", str(trace), "--policy", policy, "--predictor-dir", default_predictor_dir()]
+    if kv_blocks is not None:
+        args += ["--kv-blocks", str(kv_blocks)]
+    runs = [
+        run_measured(python_cmd("benchmarks.bench_sim", *args), timeout_s=timeout_s)
+        for _ in range(repeats)
+    ]
+    return summarize_runs(runs)
+
+
+def summarize_runs(runs: list) -> dict:
+    r0 = runs[0].result
+    sim = [m.result["sim_s"] for m in runs]
+    out = {
+        "requests": r0["requests"],
+        "runs": len(runs),
+        "sim_s": median(sim),
+        "sim_cpu_s": median([m.result["sim_cpu_s"] for m in runs]),
+        "sim_s_min": min(sim),
+        "sim_s_max": max(sim),
+        "wall_s": median([m.wall_s for m in runs]),
+        "cpu_s": median([m.cpu_s for m in runs]),
+        "peak_rss_mb": max(m.peak_rss_mb for m in runs),
+        "measure": runs[0].source,
+    }
+    for k in ("prepare_s", "steps", "preemptions", "setup_s", "completed", "makespan_s"):
+        if k in r0:
+            out[k] = median([m.result[k] for m in runs]) if k.endswith("_s") else r0[k]
+    out["req_per_s"] = out["requests"] / out["sim_s"]
+    out["req_per_cpu_s"] = out["requests"] / out["sim_cpu_s"]
+    if "steps" in out:
+        out["us_per_step"] = 1e6 * out["sim_s"] / max(1, out["steps"])
+    return out
+
+
+def run_peer(peer: str, trace: Path, repeats: int, timeout_s: float = 1800) -> dict:
+    """A peer on the same trace; ``{"error": why}`` when it cannot run."""
+    py = peers_python()
+    if py is None:
+        return {"error": "peers venv missing: run `bash benchmarks/install_peers.sh`"}
+    from scheduler.sim.engine import SimEngine
+
+    csv = peer_csv(trace)
+    if peer == "vidur":
+        c = SimEngine().cost
+        cmd = [
+            str(py),
+            str(ROOT / "benchmarks/peers/vidur_worker.py"),
+            str(csv),
+            *(repr(float(v)) for v in (c.c0, c.c_token, c.c_kv, c.c_pair)),
+            str(PEER_KV_BLOCKS),
+        ]
+    elif peer == "sched-sim":
+        cmd = [
+            str(py),
+            str(ROOT / "benchmarks/peers/schedsim_worker.py"),
+            str(csv),
+            str(PEER_KV_BLOCKS),
+        ]
+    else:
+        raise ValueError(f"unknown peer {peer!r}; expected one of {PEERS}")
+    try:
+        runs = [run_measured(cmd, timeout_s=timeout_s) for _ in range(repeats)]
+    except BenchError as e:
+        return {"error": str(e)[-800:]}
+    return summarize_runs(runs)
+
+
+def scaling(sizes: list[int], repeats: dict[int, int], policies: list[str]) -> list[dict]:
+    rows = []
+    for n in sizes:
+        trace = sim_trace(n)
+        meta = trace_meta(trace)
+        for pol in policies:
+            r = run_ours(trace, pol, repeats.get(n, 1))
+            rows.append({"policy": pol, "n": n, "tiled": bool(meta.get("tiled_from")), **r})
+            print(f"  sim {pol} n={n}: {r['sim_s']:.2f} s ({r['req_per_s']:.0f} req/s)", flush=True)
+    return rows
+
+
+def peers(n: int, repeats: int, which: tuple[str, ...] = PEERS) -> dict:
+    """Ours (fifo) and each peer on the same ``n``-request trace and KV capacity."""
+    trace = sim_trace(n)
+    ours = run_ours(trace, "fifo", repeats, kv_blocks=PEER_KV_BLOCKS)
+    out = {"n": n, "kv_blocks": PEER_KV_BLOCKS, "ours": ours, "peers": {}}
+    for p in which:
+        r = run_peer(p, trace, repeats)
+        if "error" not in r:
+            # ratios of the simulation loop alone (wall and CPU) and of the whole process
+            r["slowdown_vs_ours"] = r["sim_s"] / ours["sim_s"]
+            r["cpu_slowdown_vs_ours"] = r["sim_cpu_s"] / ours["sim_cpu_s"]
+            r["wall_ratio_vs_ours"] = r["wall_s"] / ours["wall_s"]
+        out["peers"][p] = r
+        print(f"  peer {p} n={n}: {r.get('sim_s', r.get('error'))}", flush=True)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd")
+    w = sub.add_parser("worker", help="one measured simulation (internal)")
+    w.add_argument("trace")
+    w.add_argument("--policy", default="fifo")
+    w.add_argument("--predictor-dir", default=default_predictor_dir())
+    w.add_argument("--kv-blocks", type=int, default=None)
     ap.add_argument("--n", type=int, default=10_000, help="requests in the workload")
-    ap.add_argument("--utilisation", type=float, default=0.95)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--policies", default=",".join(ALL))
-    ap.add_argument("--predictor-dir", default=str(ROOT / "artifacts"))
     args = ap.parse_args()
-    from data.presets import load_workload
-
+    if args.cmd == "worker":
+        emit(worker(args.trace, args.policy, args.predictor_dir, args.kv_blocks))
+        return
     names = [p for p in args.policies.split(",") if p]
-    t0 = time.perf_counter()
-    wl = load_workload("default", seed=args.seed, overrides=[f"n_requests={args.n}"])
-    print(f"workload: {len(wl)} requests built in {time.perf_counter() - t0:.1f} s")
-    eng = SimEngine()
-    t0 = time.perf_counter()
-    cap = eng.capacity_rps(wl)
-    print(
-        f"capacity {cap:.3f} req/s measured in {time.perf_counter() - t0:.2f} s "
-        f"(profile {eng.profile.name}, {eng.num_gpu_blocks * eng.block_size} KV tokens)"
-    )
-    wl = wl.at_rate(args.utilisation * cap)
-    rows = []
-    for name in names:
-        pol = make_policy(name, args.predictor_dir)
-        # admission-time predictor work over the whole trace (featurising prompts), timed apart
-        # from the simulation; the engine's own prepare() call then finds everything cached
-        t0 = time.perf_counter()
-        pol.prepare(requests_from_frame(wl.requests))
-        prepare = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        res = eng.run(wl, pol)
-        wall = time.perf_counter() - t0
-        n_steps = len(res.steps)
-        e2e = (res.records["finish_s"] - res.records["arrival_s"]).mean()
-        over = policy_overhead(name, args.predictor_dir, wl.requests)
-        rows.append(
-            {
-                "policy": name,
-                "requests": len(wl),
-                "prepare_s": prepare,
-                "sim_s": wall,
-                "steps": n_steps,
-                "us_per_step": 1e6 * wall / max(n_steps, 1),
-                "max_waiting": int(res.steps.filter(like="waiting_").sum(axis=1).max()),
-                "e2e_mean_s": e2e,
-                "overhead_us_1000_waiting": 1e6 * over,
-                "speed_ok": wall <= 10.0,
-                "overhead_ok": over <= 100e-6,
-            }
-        )
-    table = pd.DataFrame(rows).set_index("policy")
-    print()
-    print(table.to_string(float_format=lambda v: f"{v:.2f}"))
-    print(
-        f"\ntargets: {args.n} requests at utilisation {args.utilisation} in <= 10 s on one "
-        "core; policy overhead <= 100 us per step with 1,000 waiting"
-    )
-    np.set_printoptions(precision=3)
+    rows = scaling([args.n], {args.n: args.repeats}, names)
+    cols = [
+        "policy",
+        "n",
+        "sim_s",
+        "req_per_s",
+        "us_per_step",
+        "prepare_s",
+        "wall_s",
+        "peak_rss_mb",
+    ]
+    print(md_table(rows, cols))
 
 
 if __name__ == "__main__":

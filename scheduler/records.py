@@ -31,7 +31,11 @@ RECORD_COLUMNS: dict[str, tuple[str, str, str]] = {
     "finish_s": ("float64", "s", "completion (or abort) time"),
     "prompt_tokens": ("int64", "tokens", "prompt length"),
     "output_tokens": ("int64", "tokens", "tokens actually generated"),
-    "true_output_tokens": ("int64", "tokens", "true length from the trace (target in trace-driven mode)"),
+    "true_output_tokens": (
+        "int64",
+        "tokens",
+        "true length from the trace (target in trace-driven mode)",
+    ),
     "max_tokens": ("int64", "tokens", "generation cap"),
     "num_preemptions": ("int64", "", "times preempted (recompute)"),
     "n_policy_preemptions": ("int64", "", "preemptions the policy asked for"),
@@ -43,33 +47,55 @@ RECORD_COLUMNS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def build_records(requests: Iterable[SchedRequest], *, engine: str, policy: str,
-                  seed: int | None = None) -> pd.DataFrame:
+def build_records(
+    requests: Iterable[SchedRequest], *, engine: str, policy: str, seed: int | None = None
+) -> pd.DataFrame:
     """Turn engine request states into the record table, in workload order."""
     rows = []
     for r in requests:
         if r.status not in (Status.FINISHED, Status.ABORTED):
-            raise ValueError(f"request {r.request_id!r} is still {r.status.value}: an engine "
-                             "must finish or abort every request before writing records")
-        rows.append({
-            "request_id": r.request_id, "index": r.index, "tenant": r.tenant, "tier": r.tier,
-            "category": r.category, "source": r.source, "status": r.status.value,
-            "arrival_s": r.arrival_s, "admitted_s": r.admitted_s,
-            "first_token_s": r.first_token_s, "finish_s": r.finish_s,
-            "prompt_tokens": r.prompt_tokens, "output_tokens": r.num_output_tokens,
-            "true_output_tokens": r.true_output_tokens, "max_tokens": r.max_tokens,
-            "num_preemptions": r.num_preemptions,
-            "n_policy_preemptions": r.n_policy_preemptions,
-            "est_output_tokens": r.est_output_tokens, "est_output_p90": r.est_output_p90,
-            "est_final_total": r.est_history[-1][2] if r.est_history else np.nan,
-            "n_estimates": len(r.est_history), "n_reclassified": r.n_reclassified,
-        })
+            raise ValueError(
+                f"request {r.request_id!r} is still {r.status.value}: an engine "
+                "must finish or abort every request before writing records"
+            )
+        rows.append(
+            {
+                "request_id": r.request_id,
+                "index": r.index,
+                "tenant": r.tenant,
+                "tier": r.tier,
+                "category": r.category,
+                "source": r.source,
+                "status": r.status.value,
+                "arrival_s": r.arrival_s,
+                "admitted_s": r.admitted_s,
+                "first_token_s": r.first_token_s,
+                "finish_s": r.finish_s,
+                "prompt_tokens": r.prompt_tokens,
+                "output_tokens": r.num_output_tokens,
+                "true_output_tokens": r.true_output_tokens,
+                "max_tokens": r.max_tokens,
+                "num_preemptions": r.num_preemptions,
+                "n_policy_preemptions": r.n_policy_preemptions,
+                "est_output_tokens": r.est_output_tokens,
+                "est_output_p90": r.est_output_p90,
+                "est_final_total": r.est_history[-1][2] if r.est_history else np.nan,
+                "n_estimates": len(r.est_history),
+                "n_reclassified": r.n_reclassified,
+            }
+        )
     df = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
     for name, (dtype, _, _) in RECORD_COLUMNS.items():
         df[name] = df[name].astype(dtype)
     df = df.sort_values("index", kind="stable").reset_index(drop=True)
-    df.attrs.update({"engine": engine, "policy": policy, "seed": seed,
-                     "record_schema_version": RECORD_SCHEMA_VERSION})
+    df.attrs.update(
+        {
+            "engine": engine,
+            "policy": policy,
+            "seed": seed,
+            "record_schema_version": RECORD_SCHEMA_VERSION,
+        }
+    )
     df.insert(0, "engine", pd.Series([engine] * len(df), dtype="string"))
     df.insert(1, "policy", pd.Series([policy] * len(df), dtype="string"))
     return df
@@ -79,6 +105,8 @@ def check_records(df: pd.DataFrame, where: str = "records") -> None:
     """Raise if a record table is not in the schema (used when reading runs back)."""
     missing = [c for c in ("engine", "policy", *RECORD_COLUMNS) if c not in df.columns]
     if missing:
-        raise ValueError(f"{where}: missing record column(s) {missing}; expected the columns of "
-                         "scheduler.records.RECORD_COLUMNS (schema version "
-                         f"{RECORD_SCHEMA_VERSION})")
+        raise ValueError(
+            f"{where}: missing record column(s) {missing}; expected the columns of "
+            "scheduler.records.RECORD_COLUMNS (schema version "
+            f"{RECORD_SCHEMA_VERSION})"
+        )

@@ -11,6 +11,12 @@ becomes backlogged again its counter is lifted to the smallest counter among bac
 Keys change every step as tokens are generated, so this policy is dynamic; ``ranked`` merges
 per-tenant FIFO queues instead of sorting the whole waiting queue, projecting each admission's
 prompt cost onto the counter as VTC does when it dispatches several requests at once.
+
+Generated tokens are charged lazily (``_sync``), at most once per engine step and only in steps
+that read a counter (``ranked``, ``key``, ``on_arrival``): progress changes only between steps
+(each with a new ``now``) and charges add up, so every read sees the same counters as charging
+in every ``on_step`` would, without walking all running requests in the steps that read none
+(most steps while every slot is taken; docs/BENCHMARKS.md: 5.7x less policy time per step).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from scheduler.request import SchedRequest, Status
 class WeightedFairPolicy(Policy):
     name: ClassVar[str] = "weighted_fair"
     dynamic_keys: ClassVar[bool] = True
-    uses_step_hook: ClassVar[bool] = True
+    uses_step_hook: ClassVar[bool] = False  # charging is lazy (_sync); on_step still works
 
     def __init__(
         self,
@@ -46,6 +52,7 @@ class WeightedFairPolicy(Policy):
         self._seen_out: dict[int, int] = {}  # request index -> output tokens already charged
         self._charged_prompt: set[int] = set()
         self._running: dict[int, SchedRequest] = {}
+        self._synced_at: float | None = None  # `now` of the last _sync
 
     def _w(self, tenant: str) -> float:
         return self.tenant_weights.get(tenant, 1.0)
@@ -54,6 +61,7 @@ class WeightedFairPolicy(Policy):
         heapq.heappush(self._queues.setdefault(r.tenant, []), (r.arrival_s, r.index, r))
 
     def on_arrival(self, requests: Sequence[SchedRequest], now: float) -> None:
+        self._sync(now)  # the counter lift below reads counters
         for r in requests:
             t = r.tenant
             if self._n_queued.get(t, 0) == 0:  # tenant becomes backlogged: lift its counter
@@ -82,6 +90,13 @@ class WeightedFairPolicy(Policy):
     def on_step(
         self, running: Sequence[SchedRequest], waiting: Sequence[SchedRequest], now: float
     ) -> None:
+        self._sync(now)
+
+    def _sync(self, now: float) -> None:
+        """Charge tokens generated since the last sync; re-queue preempted requests."""
+        if now == self._synced_at:
+            return  # already synced in this step: nothing progressed since
+        self._synced_at = now
         for idx, r in list(self._running.items()):
             self._charge(r)
             if r.status is Status.WAITING:  # preempted since last step: back into its queue
@@ -100,9 +115,11 @@ class WeightedFairPolicy(Policy):
             self._running.pop(r.index, None)
 
     def key(self, request: SchedRequest, now: float) -> float:
+        self._sync(now)
         return self.counter.get(request.tenant, 0.0)
 
     def ranked(self, waiting: Sequence[SchedRequest], now: float) -> Iterator[SchedRequest]:
+        self._sync(now)
         proj = []
         for t, q in self._queues.items():
             while q and q[0][2].status is not Status.WAITING:

@@ -105,13 +105,14 @@ def _evaluate_cfg(tmp_path: Path, tiny_cache: str, *over: str):
         )
 
 
-def test_evaluate_engine_vllm_end_to_end(tiny_cache, tmp_path):
+def test_evaluate_engine_vllm_end_to_end(tiny_cache, tiny_artifacts, tmp_path):
     """evaluate.evaluate with engine=vllm: capacity probe, head of the workload, outputs."""
     import pandas as pd
 
     import evaluate
 
-    cfg = _evaluate_cfg(tmp_path, tiny_cache, "+policy=sjf")
+    # A tiny trained predictor: a clean clone has no artifacts/ (python train.py makes them).
+    cfg = _evaluate_cfg(tmp_path, tiny_cache, "+policy=sjf", f"predictor_dir={tiny_artifacts}")
     summaries = evaluate.evaluate(cfg, tmp_path)
     s = summaries["sjf"] if "sjf" in summaries else next(iter(summaries.values()))
     assert s["engine"] == "vllm" and s["n_requests"] == 12  # engine.max_requests

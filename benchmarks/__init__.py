@@ -1,0 +1,1 @@
+"""DriftSched benchmark suite: ``python -m benchmarks.run [--quick]`` writes docs/BENCHMARKS.md."""
