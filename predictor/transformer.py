@@ -310,6 +310,13 @@ def _train_head_loop(
     return best_epoch if ev is not None else done
 
 
+def _p90_shift(head: QuantileHead, ev: tuple[torch.Tensor, ...], q: float) -> float:
+    """Shift (log tokens) that makes the upper quantile cover ``q`` of the validation rows
+    ``ev = (dense, ids, log_target)``: split-conformal calibration of the p90 head."""
+    lq = _head_predict(head, ev[0], ev[1])
+    return float(np.quantile(ev[2].double().numpy() - lq[:, 1], q))
+
+
 def _head_predict(head: QuantileHead, dense: torch.Tensor, ids: torch.Tensor) -> np.ndarray:
     head.eval()
     with torch.no_grad():
@@ -542,12 +549,11 @@ class TransformerLength(LengthEstimator):
             patience=self.patience,
             desc="head",
         )
-        self.p90_shift_ = 0.0
-        if ev is not None and self.calibrate:
-            lq = _head_predict(self.head_, ev[0], ev[1])
-            self.p90_shift_ = float(
-                np.quantile(ev[2].double().numpy() - lq[:, 1], self.quantiles[1])
-            )
+        self.p90_shift_ = (
+            _p90_shift(self.head_, ev, self.quantiles[1])
+            if ev is not None and self.calibrate
+            else 0.0
+        )
         self.fitted_ = True
         return self
 
@@ -780,12 +786,11 @@ class TransformerDrift:
             patience=self.patience,
             desc="drift head",
         )
-        self.p90_shift_ = 0.0
-        if ev is not None and self.calibrate:
-            lq = _head_predict(self.head_, ev[0], ev[1])
-            self.p90_shift_ = float(
-                np.quantile(ev[2].double().numpy() - lq[:, 1], self.quantiles[1])
-            )
+        self.p90_shift_ = (
+            _p90_shift(self.head_, ev, self.quantiles[1])
+            if ev is not None and self.calibrate
+            else 0.0
+        )
         self.fitted_ = True
         return self
 

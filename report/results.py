@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from data.schema import TIERS
+
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 
@@ -47,7 +49,6 @@ PAPER: dict[str, float] = {
 }
 FIVE = ("FIFO", "Priority", "Weighted", "SJF", "Aging")
 CLASSES = ("short", "medium", "long")
-TIERS = ("premium", "standard", "batch")
 HEADLINE_POLICIES = (
     "fifo",
     "priority",
