@@ -10,6 +10,14 @@ load = utilisation x ``engine.capacity_rps(workload)`` -> ``engine.run(workload,
 ``scheduler.metrics.summarize`` -> ``records.parquet``, ``steps.parquet``, ``summary.json``
 (atomic writes) in the Hydra run directory (one sub-directory per policy for the bare command,
 plus ``comparison.csv``) -> wandb via ``report.tracking`` (one run per policy).
+
+Failures (docs/RELIABILITY.md, part 5): a job whose engine raises (a policy bug in the
+simulator, a live engine that dies) or is interrupted (Ctrl-C, SIGTERM) writes the records the
+engine kept (``exc.partial_result``) next to an ``INCOMPLETE`` marker naming the error and no
+``summary.json``, finishes wandb and shuts the engine down; in a multirun sweep the next job
+runs (Ctrl-C stops the sweep). ``+faults=<name>`` (``conf/faults/``) injects faults and
+``+predictor_guard.deadline_ms=50`` puts learned predictors behind a deadline
+(``scheduler.faults``).
 """
 
 from __future__ import annotations
@@ -74,10 +82,46 @@ def _clean(o: Any) -> Any:
 
 
 INCOMPLETE_MARKER = "INCOMPLETE"  # report.runs.MARKER: present while a job runs or after it failed
+PARTIAL_META = "partial.json"  # what a failed job kept: error, counts (no summary.json)
 
 
 def _write_marker(path: Path, text: str) -> None:
     _atomic_write(path, lambda p: p.write_text(text))
+
+
+def write_partial(out_dir: Path, name: str, exc: BaseException) -> str:
+    """After a failed or interrupted run: the records the engine kept (``exc.partial_result``,
+    both engines) and ``partial.json``; never ``summary.json``, so the job stays incomplete.
+    Returns the marker text. Never raises over ``exc``."""
+    kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    head = f"policy {name} {kind}: {type(exc).__name__}: {exc}\n"
+    res = getattr(exc, "partial_result", None)
+    if res is None or getattr(res, "records", None) is None:
+        why = getattr(exc, "partial_error", "the engine kept no records of this run")
+        return head + f"no records were written for it ({why})\n"
+    try:
+        (out_dir / "summary.json").unlink(missing_ok=True)
+        _atomic_write(out_dir / "records.parquet", lambda p: res.records.to_parquet(p))
+        if getattr(res, "steps", None) is not None:
+            _atomic_write(out_dir / "steps.parquet", lambda p: res.steps.to_parquet(p))
+        meta = {**dict(res.meta or {}), "complete": False, "error": head.strip()}
+        _atomic_write(
+            out_dir / PARTIAL_META,
+            lambda p: p.write_text(
+                json.dumps(_clean(meta), indent=2, default=_json_default, allow_nan=False)
+            ),
+        )
+    except Exception as e:  # keep the original error; say what was lost
+        return head + f"its partial records could not be written ({type(e).__name__}: {e})\n"
+    rec = res.records
+    n_fin = int((rec["status"] == "finished").sum()) if "status" in rec else 0
+    left = (res.meta or {}).get("unfinished_requests")
+    return head + (
+        f"partial records: {len(rec)} request(s) that ended before it ({n_fin} finished, "
+        f"{len(rec) - n_fin} aborted) in records.parquet"
+        + (f"; {left} unfinished request(s) left out" if left is not None else "")
+        + f"; details in {PARTIAL_META}. This run is INCOMPLETE: do not compare it as finished\n"
+    )
 
 
 def write_outputs(out_dir: Path, result: Any, summary: Mapping[str, Any]) -> None:
@@ -159,15 +203,24 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
     from hydra.utils import instantiate
 
     from data.presets import check_load, workload_from_config
+    from scheduler.faults import FaultPlan, guard_config
 
     seed = int(cfg.seed)
     check_load(cfg.get("utilisation"), cfg.get("rate_rps"))
     # Every config error surfaces here, before an engine starts (and before the workload is
     # built): the engine's constructor validates its config without starting anything, and
     # every policy is built up front.
+    faults = FaultPlan.from_config(_container(cfg.get("faults")))
+    guard = guard_config(_container(cfg.get("predictor_guard")))
     engine = instantiate(cfg.engine)
+    if faults is not None and faults.live_only and not _takes_faults(engine):
+        raise ValueError(
+            f"faults: client and engine faults (faults.client, faults.engine) need the live "
+            f"engine (engine=vllm); engine {engine.name!r} supports faults.predictor only"
+        )
     pcfgs = policy_configs(cfg)
     policies = {name: build_policy(pcfg, cfg) for name, pcfg in pcfgs.items()}
+    _arm_policies(policies, faults, guard, single=cfg.get("policy") is not None)
     workload = workload_from_config(cfg.workload, seed=seed)
     cap = getattr(engine, "max_requests", None)
     if cap is not None and len(workload) > cap:
@@ -184,6 +237,37 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
             # (ExitStack) also when a run fails; sweeps build a fresh engine per job.
             stack.enter_context(engine)
         return _evaluate(cfg, run_dir, engine, workload, pcfgs, policies)
+
+
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _takes_faults(engine: Any) -> bool:
+    import inspect
+
+    return "faults" in inspect.signature(engine.run).parameters
+
+
+def _arm_policies(policies: dict[str, Any], faults: Any, guard: Any, single: bool) -> None:
+    """Predictor guard and injected predictor faults on the learned policies (others have no
+    predictor: with a single policy that is a config error, in the bare command a note)."""
+    from scheduler.faults import guard_policy, inject_predictor_faults
+
+    for name, policy in policies.items():
+        learned = getattr(policy, "lengths", None) is not None
+        if guard is not None and learned:
+            guard_policy(policy, guard)
+        if faults is not None and faults.predictor is not None:
+            if learned:
+                inject_predictor_faults(policy, faults.predictor)
+            elif single:
+                raise ValueError(
+                    f"faults.predictor: policy {name!r} has no learned predictor to inject "
+                    "faults into; use a learned policy (+policy=drift or +policy=sjf)"
+                )
+            else:
+                print(f"faults.predictor: policy {name!r} has no predictor; not injected")
 
 
 def _evaluate(
@@ -213,8 +297,12 @@ def _evaluate(
         f"capacity {capacity:.3f} req/s, load {rate:.3f} req/s "
         f"(utilisation {cfg.utilisation if cfg.get('rate_rps') is None else 'n/a'})"
     )
+    from scheduler.faults import FaultPlan, predictor_health
+
     summaries: dict[str, dict[str, Any]] = {}
     lcfg = OmegaConf.to_container(cfg.logger, resolve=True)
+    faults = FaultPlan.from_config(_container(cfg.get("faults")))
+    run_kw = {"faults": faults} if faults is not None and _takes_faults(engine) else {}
     for name, pcfg in pcfgs.items():
         policy = policies[name]
         out_dir = run_dir if single else run_dir / name
@@ -242,18 +330,19 @@ def _evaluate(
             _write_marker(marker, f"running policy {name}\n")
             t0 = time.perf_counter()
             try:
-                result = engine.run(workload, policy)
+                result = engine.run(workload, policy, **run_kw)
             except BaseException as e:
-                _write_marker(
-                    marker,
-                    f"policy {name} failed: {type(e).__name__}: {e}\n"
-                    "no records were written for it (the engine keeps none of a failed run)\n",
-                )
+                # the records so far (engine death, policy bug, Ctrl-C), marked incomplete;
+                # then re-raise: wandb finishes (start_run), the engine shuts down (ExitStack)
+                _write_marker(marker, write_partial(out_dir, name, e))
                 raise
             finally:
                 if observer is not None:
                     observer.close()
                     engine.observer = None
+                close = getattr(getattr(policy, "lengths", None), "close", None)
+                if close is not None:
+                    close()  # the predictor guard's worker thread
             wall = time.perf_counter() - t0
             extra = {
                 "policy": name,
@@ -265,6 +354,9 @@ def _evaluate(
                 "capacity_rps": capacity,
                 "sim_wall_s": wall,
                 "policy_params": policy.describe(),
+                "predictor": predictor_health(policy) or result.meta.get("predictor"),
+                "faults": faults.as_dict() if faults is not None else None,
+                "client_faults": result.meta.get("client_faults"),
                 "engine_meta": {
                     k: v for k, v in result.meta.items() if isinstance(v, int | float | str | bool)
                 },

@@ -153,11 +153,16 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> Any:
         print("\nHeld-out length metrics (test split, prompt-grouped):")
         print(format_table(res.length_table, ["model", *METRIC_COLS, "fit_s"]))
         if len(res.drift_table):
-            print("\nDrift (remaining tokens at fixed progress t, requests still running):")
+            print(
+                "\nDrift (remaining tokens at fixed progress t, requests still running; "
+                "subset all = the whole test split, with_text = its rows with output text, "
+                "where the model reads the first t tokens):"
+            )
             print(
                 format_table(
                     res.drift_table,
                     [
+                        "subset",
                         "model",
                         "t",
                         "n",

@@ -18,10 +18,8 @@
    replay wall time, median of ``--repeats`` rounds (every arm once per round, interleaved),
    as a ratio to stock FCFS.
 
-How stock vLLM is started without our scheduler: ``VllmEngine`` always installs the adapter, so
-``_StockEngine`` below opens the same engine configuration with vLLM's default ``Scheduler``
-class and the chosen ``scheduling_policy``. It imports nothing from vLLM itself (the engine's
-own ``open`` does); a first-class option in ``VllmEngine`` would make this unnecessary.
+Stock vLLM is ``VllmEngine(scheduler_impl="vllm_fcfs" | "vllm_priority")`` (conf/engine/vllm.yaml,
+docs/LIVE.md): the same engine configuration and replay client with vLLM's own scheduler class.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -44,8 +41,6 @@ SPECS = {
     "weighted_fair": {"_target_": "scheduler.policies.weighted_fair.WeightedFairPolicy"},
     "drift": {"_target_": "scheduler.policies.drift.DriftPolicy"},
 }
-STOCK_SCHEDULER = "vllm.v1.core.sched.scheduler.Scheduler"
-TIER_RANK = {"premium": 0, "standard": 1, "batch": 2}
 
 
 def workload(n: int, prompt_tokens: int, output_tokens: int) -> pd.DataFrame:
@@ -88,6 +83,8 @@ def policy_share(waiting: int, max_num_seqs: int, policies: list[str]) -> dict:
             ]
             us = deep["policy_us"].to_numpy()
             step_us = (deep["sched_s"] + deep["exec_s"]).to_numpy() * 1e6
+            cpu_us = deep["policy_cpu_us"].to_numpy()
+            step_cpu_us = deep["cpu_s"].to_numpy() * 1e6
             out[name] = {
                 "steps": len(deep),
                 "policy_p50_us": float(np.percentile(us, 50)),
@@ -95,105 +92,47 @@ def policy_share(waiting: int, max_num_seqs: int, policies: list[str]) -> dict:
                 "step_p50_ms": float(np.percentile(step_us, 50) / 1e3),
                 "share_pct": float(100 * us.sum() / step_us.sum()),
                 "share_p50_pct": float(100 * np.median(us / step_us)),
+                # the same on the engine thread's CPU time (time.thread_time): other
+                # processes' time slices on the shared machine count in neither part
+                "policy_cpu_p50_us": float(np.percentile(cpu_us, 50)),
+                "cpu_share_pct": float(100 * cpu_us.sum() / step_cpu_us.sum()),
                 "faults": res.meta["policy_faults"],
             }
     return out
 
 
-class _StockEngine:
-    """An open ``VllmEngine`` configuration served by vLLM's own scheduler (module doc)."""
-
-    def __init__(self, scheduling_policy: str, **cfg):
-        from scheduler.live.engine import VllmEngine
-
-        class Stock(VllmEngine):
-            def _engine_args(self):
-                args = super()._engine_args()
-                args.scheduling_policy = scheduling_policy
-                return args
-
-        self.engine = Stock(**cfg)
-
-    def __enter__(self):
-        import scheduler.live.adapter as adapter
-
-        saved = adapter.scheduler_cls_for
-        adapter.scheduler_cls_for = lambda async_scheduling: STOCK_SCHEDULER
-        try:
-            self.engine.open()
-        finally:
-            adapter.scheduler_cls_for = saved
-        sched = self.engine._llm.engine_core.engine_core.scheduler
-        assert type(sched).__module__.startswith("vllm."), type(sched)
-        return self
-
-    def __exit__(self, *exc):
-        self.engine.close()
-
-    def replay(self, df: pd.DataFrame, priority: bool) -> tuple[float, int]:
-        """(wall seconds, output tokens) of one replay through the stock scheduler."""
-        from scheduler.engine import requests_from_frame
-        from scheduler.live.replay import prepare_requests, replay_inprocess, request_metadata
-
-        e, c = self.engine, self.engine.cfg
-        prepared, _ = prepare_requests(
-            requests_from_frame(df),
-            max_model_len=e.max_model_len,
-            vocab_size=e.vocab_size,
-            tokenizer=e.tokenizer,
-            length_mode=c.length_mode,
-            prompt_source=c.prompt_source,
-            natural_max_tokens=c.natural_max_tokens,
-            seed=c.seed,
-        )
-        t0 = time.monotonic() + 0.05
-        metas = [
-            request_metadata(p, run_id="stock", t0=t0, sink="", policy_spec=None, send_prompt=False)
-            for p in prepared
-        ]
-        inner = e._llm
-        llm = inner
-        if priority:
-            rank = {p.req.request_id: TIER_RANK[p.req.tier] for p in prepared}
-
-            class WithPriority:  # the replay client's engine calls, plus vLLM's priority
-                def add_request(self, rid, prompt, params):
-                    inner.add_request(rid, prompt, params, priority=rank[rid])
-
-                def __getattr__(self, name):
-                    return getattr(inner, name)
-
-            llm = WithPriority()
-        wall = time.monotonic()
-        replay_inprocess(llm, prepared, metas, t0=t0, seed=c.seed, greedy=True)
-        wall = time.monotonic() - wall
-        return wall, sum(len(p.token_times) for p in prepared)
-
-
 def throughput(n: int, repeats: int, max_num_seqs: int = 16) -> list[dict]:
     """Every arm once per round, ``repeats`` rounds (interleaved: a drifting background load on
-    the shared machine hits every arm alike); engine start-up is not timed."""
+    the shared machine hits every arm alike); engine start-up is not timed. Every arm is one
+    ``VllmEngine.run`` (the same replay client and bookkeeping); the stock arms only differ in
+    ``scheduler_impl`` (vLLM's own scheduler class and policy, no adapter)."""
     from hydra.utils import instantiate
 
     from scheduler.live.engine import VllmEngine
 
     df = workload(n, 64, 32)
-    cfg = {"max_num_seqs": max_num_seqs, "prompt_source": "synthetic"}
+    cfg = {"max_num_seqs": max_num_seqs, "prompt_source": "synthetic", "progress": False}
+    arms = [("ours:fifo", "driftsched", "fifo"), ("ours:drift", "driftsched", "drift")]
+    arms += [("vllm:fcfs", "vllm_fcfs", "fifo"), ("vllm:priority", "vllm_priority", "fifo")]
+    # Every engine is started before any policy is built: a predictor that imports llvmlite
+    # (numba-compiled trees) breaks the start of a later vLLM engine in the same process
+    # (vLLM's triton dispatcher scan trips over llvmlite's FFI wrappers).
+    engines = {}
     res: dict[str, list[tuple[float, int]]] = {}
-    for _ in range(repeats):
-        with VllmEngine(**cfg) as eng:
-            for name in ("fifo", "drift"):
+    try:
+        for impl in dict.fromkeys(impl for _, impl, _ in arms):
+            engines[impl] = VllmEngine(scheduler_impl=impl, **cfg).open()
+        for _ in range(repeats):
+            for arm, impl, pol in arms:
                 try:
-                    r = eng.run(df, instantiate(SPECS[name]))
+                    r = engines[impl].run(df, instantiate(SPECS[pol]))
                 except Exception as e:  # drift without artifacts: reported, not fatal
-                    print(f"  live {name}: {e!r}"[:300])
+                    print(f"  live {arm}: {e!r}"[:300])
                     continue
-                res.setdefault(f"ours:{name}", []).append(
-                    (r.meta["wall_s"], r.meta["output_tokens"])
-                )
-        for pol in ("fcfs", "priority"):
-            with _StockEngine(pol, **cfg) as stock:
-                res.setdefault(f"vllm:{pol}", []).append(stock.replay(df, pol == "priority"))
+                res.setdefault(arm, []).append((r.meta["wall_s"], r.meta["output_tokens"]))
+    finally:
+        for eng in engines.values():
+            eng.close()
     rows = []
     for arm, runs in res.items():
         tps = [tok / w for w, tok in runs if w > 0]
@@ -211,6 +150,13 @@ def throughput(n: int, repeats: int, max_num_seqs: int = 16) -> list[dict]:
     base = next(r["tok_per_s"] for r in rows if r["arm"] == "vllm:fcfs")
     for r in rows:
         r["ratio_vs_vllm_fcfs"] = r["tok_per_s"] / base
+        # per-round ratio (same round, adjacent in time): steadier than the ratio of medians
+        if r["arm"] in res and "vllm:fcfs" in res and len(res[r["arm"]]) == len(res["vllm:fcfs"]):
+            rr = [
+                (tok / w) / (tok0 / w0)
+                for (w, tok), (w0, tok0) in zip(res[r["arm"]], res["vllm:fcfs"])
+            ]
+            r["ratio_per_round_median"] = statistics.median(rr)
     return rows
 
 

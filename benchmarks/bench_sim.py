@@ -70,28 +70,38 @@ def default_predictor_dir() -> str:
 
 
 # ---------------------------------------------------------------------------------- worker
-def worker(trace: str, policy: str, predictor_dir: str, kv_blocks: int | None) -> dict:
+def worker(
+    trace: str, policy: str, predictor_dir: str, kv_blocks: int | None, fast_forward: bool = True
+) -> dict:
     """One simulation in this process (run under GNU time by the parent)."""
     import pandas as pd
 
     from scheduler.engine import requests_from_frame
+    from scheduler.policies.base import Policy
     from scheduler.sim.engine import SimEngine
 
     t0 = time.perf_counter()
     df = pd.read_parquet(trace)
     load_s = time.perf_counter() - t0
-    eng = SimEngine(num_gpu_blocks=kv_blocks)
+    eng = SimEngine(num_gpu_blocks=kv_blocks, fast_forward=fast_forward)
     pol = make_policy(policy, predictor_dir)
     # admission-time predictor work over the whole trace, timed apart from the simulation; the
-    # engine's own prepare() call then finds every request featurised (cached by index)
+    # engine's own prepare() call then finds every request featurised (cached by index). A
+    # policy without prepare() gets none (a second copy of every request: ~1.5 GB at 1M).
     t0 = time.perf_counter()
-    pol.prepare(requests_from_frame(df))
+    if type(pol).prepare is not Policy.prepare:
+        pol.prepare(requests_from_frame(df))
+    else:
+        requests_from_frame(df.iloc[:1])  # the one-off pyarrow/pandas warm-up, untimed
     prepare_s = time.perf_counter() - t0
     t0, c0 = time.perf_counter(), time.process_time()
     res = eng.run(df, pol)
     sim_s, sim_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     steps = int(res.meta["steps"])
     return {
+        "fast_forward": fast_forward,
+        "fast_forward_steps": int(res.meta.get("fast_forward_steps", 0)),
+        "aggregate_steps": int(res.meta.get("aggregate_steps", 0)),
         "policy": policy,
         "requests": len(df),
         "load_s": load_s,
@@ -107,12 +117,19 @@ def worker(trace: str, policy: str, predictor_dir: str, kv_blocks: int | None) -
 
 # ---------------------------------------------------------------------------------- drivers
 def run_ours(
-    trace: Path, policy: str, repeats: int, kv_blocks: int | None = None, timeout_s: float = 3600
+    trace: Path,
+    policy: str,
+    repeats: int,
+    kv_blocks: int | None = None,
+    timeout_s: float = 3600,
+    fast_forward: bool = True,
 ) -> dict:
     """Median of ``repeats`` worker processes; every run's figures are kept too."""
     args = ["worker", str(trace), "--policy", policy, "--predictor-dir", default_predictor_dir()]
     if kv_blocks is not None:
         args += ["--kv-blocks", str(kv_blocks)]
+    if not fast_forward:
+        args += ["--no-fast-forward"]
     runs = [
         run_measured(python_cmd("benchmarks.bench_sim", *args), timeout_s=timeout_s)
         for _ in range(repeats)
@@ -135,7 +152,16 @@ def summarize_runs(runs: list) -> dict:
         "peak_rss_mb": max(m.peak_rss_mb for m in runs),
         "measure": runs[0].source,
     }
-    for k in ("prepare_s", "steps", "preemptions", "setup_s", "completed", "makespan_s"):
+    for k in (
+        "prepare_s",
+        "steps",
+        "preemptions",
+        "setup_s",
+        "completed",
+        "makespan_s",
+        "fast_forward_steps",
+        "aggregate_steps",
+    ):
         if k in r0:
             out[k] = median([m.result[k] for m in runs]) if k.endswith("_s") else r0[k]
     out["req_per_s"] = out["requests"] / out["sim_s"]
@@ -194,7 +220,11 @@ def peers(n: int, repeats: int, which: tuple[str, ...] = PEERS) -> dict:
     """Ours (fifo) and each peer on the same ``n``-request trace and KV capacity."""
     trace = sim_trace(n)
     ours = run_ours(trace, "fifo", repeats, kv_blocks=PEER_KV_BLOCKS)
-    out = {"n": n, "kv_blocks": PEER_KV_BLOCKS, "ours": ours, "peers": {}}
+    # the same engine stepping one step at a time (identical records): what fast-forward buys
+    step = run_ours(trace, "fifo", repeats, kv_blocks=PEER_KV_BLOCKS, fast_forward=False)
+    step["cpu_slowdown_vs_ours"] = step["sim_cpu_s"] / ours["sim_cpu_s"]
+    step["slowdown_vs_ours"] = step["sim_s"] / ours["sim_s"]
+    out = {"n": n, "kv_blocks": PEER_KV_BLOCKS, "ours": ours, "ours_no_ff": step, "peers": {}}
     for p in which:
         r = run_peer(p, trace, repeats)
         if "error" not in r:
@@ -215,12 +245,21 @@ def main() -> None:
     w.add_argument("--policy", default="fifo")
     w.add_argument("--predictor-dir", default=default_predictor_dir())
     w.add_argument("--kv-blocks", type=int, default=None)
+    w.add_argument("--no-fast-forward", action="store_true", help="step one step at a time")
     ap.add_argument("--n", type=int, default=10_000, help="requests in the workload")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--policies", default=",".join(ALL))
     args = ap.parse_args()
     if args.cmd == "worker":
-        emit(worker(args.trace, args.policy, args.predictor_dir, args.kv_blocks))
+        emit(
+            worker(
+                args.trace,
+                args.policy,
+                args.predictor_dir,
+                args.kv_blocks,
+                fast_forward=not args.no_fast_forward,
+            )
+        )
         return
     names = [p for p in args.policies.split(",") if p]
     rows = scaling([args.n], {args.n: args.repeats}, names)

@@ -73,6 +73,14 @@ COLUMNS: tuple[Column, ...] = (
         "several sampled output lengths for the same prompt and model (tuple of int > 0)",
     ),
     Column("max_tokens", "int64", "tokens", False, "generation cap sent with the request, > 0"),
+    Column(
+        "output_text",
+        "string",
+        "",
+        False,
+        "the output text, when the source publishes it (replay and drift training read its "
+        "first t tokens; never an admission feature)",
+    ),
 )
 COLUMN_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
 REQUIRED: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.required)
@@ -412,6 +420,14 @@ def validate_trace(
                 where, "prompt", _bad_rows(nonstr, df.index), "expected text or an empty cell"
             )
         out["prompt"] = p.astype("string")
+    if "output_text" in df.columns:
+        o = df["output_text"]
+        nonstr = ~(o.isna().to_numpy() | o.map(lambda x: isinstance(x, str)).to_numpy())
+        if nonstr.any():
+            raise TraceValidationError(
+                where, "output_text", _bad_rows(nonstr, df.index), "expected text or an empty cell"
+            )
+        out["output_text"] = o.astype("string")
     if "output_samples" in df.columns:
         out["output_samples"] = _coerce_samples(df, where)
     if "arrival_s" in df.columns:

@@ -4,13 +4,19 @@ A trace of true length L contributes one row per progress point t with 1 <= t < 
 is still running after t tokens): the fixed points (32, 128, 512 by default) that lie below L and
 ``n_random`` points drawn log-uniformly from [1, L). The target is the remaining length L - t,
 learned on log scale. Evaluation uses fixed points only (see ``predictor.metrics``).
+
+Traces with output text (ShareGPT) also carry the *partial text* at each progress point: the
+decoded first t tokens (:func:`partial_texts`), featurised by ``predictor.text_progress``; they
+get ``n_random_text`` extra random points each, since they are few among the length corpora.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from predictor.metrics import DRIFT_POINTS
+from predictor.text_progress import encode, prefix_text
 
 DRIFT_EXTRA_NAMES: tuple[str, ...] = (
     "adm_p50_log",
@@ -93,3 +99,47 @@ def naive_remaining(admission: np.ndarray, generated: np.ndarray) -> np.ndarray:
     a = np.asarray(admission, dtype=np.float64).reshape(-1, 2)
     t = np.asarray(generated, dtype=np.float64).reshape(-1, 1)
     return np.maximum(a - t, 1.0)
+
+
+def text_progress_points(
+    lengths: np.ndarray,
+    has_text: np.ndarray,
+    rng: np.random.Generator,
+    points: tuple[int, ...] = DRIFT_POINTS,
+    n_random: int = 2,
+    n_random_text: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`progress_points` plus ``n_random_text`` more random points per text trace."""
+    r, t = progress_points(lengths, rng, points, n_random)
+    idx = np.flatnonzero(np.asarray(has_text, dtype=bool))
+    if n_random_text > 0 and idx.size:
+        r2, t2 = progress_points(np.asarray(lengths)[idx], rng, (), n_random_text)
+        r, t = np.concatenate([r, idx[r2]]), np.concatenate([t, t2])
+    return r, t
+
+
+def output_token_ids(texts: object, truncated: object = None) -> tuple[list, np.ndarray]:
+    """(cl100k ids per trace or None, complete flags) from an ``output_text`` column.
+
+    ``texts``: a sequence of str / None / NA; ``truncated``: the optional
+    ``output_text_truncated`` flags (a capped text knows only its first tokens; missing = not
+    capped).
+    """
+    vals = [v if isinstance(v, str) else None for v in list(texts)]  # type: ignore[call-overload]
+    cut = np.zeros(len(vals), bool)
+    if truncated is not None:
+        flags = pd.Series(list(truncated), dtype=object)  # type: ignore[call-overload]
+        cut = flags.map(lambda x: isinstance(x, bool | np.bool_) and bool(x)).to_numpy(bool)
+    return encode(vals), ~cut
+
+
+def partial_texts(
+    ids: list, complete: np.ndarray, rows: np.ndarray, generated: np.ndarray
+) -> list[str | None]:
+    """Text of the first ``generated[k]`` tokens of trace ``rows[k]`` (None where unknown)."""
+    if not ids:
+        return [None] * len(rows)
+    return [
+        prefix_text(ids[r], int(t), bool(complete[r]))
+        for r, t in zip(np.asarray(rows), np.asarray(generated))
+    ]

@@ -4,10 +4,17 @@
   :class:`predictor.features.Featurizer` features. With an ``eval_set`` it early-stops and
   shifts p90 (split conformal, in log space) so the validation coverage is exactly the target.
 * :class:`LightGBMDrift`: quantile regression of log remaining length given not finished after
-  t tokens, from admission features + admission quantiles + progress (``predictor.drift_data``).
+  t tokens, from admission features + admission quantiles + progress (``predictor.drift_data``)
+  + features of the partial output text where a trace has one (``predictor.text_progress``;
+  NaN otherwise, LightGBM's missing branch).
+
+Serving batches of the length model (fewer than ``SMALL_BATCH`` rows) are predicted by
+:mod:`predictor.fast_trees`, a compiled walker of the same text models (equal predictions,
+2-3x faster at batch 64, ~6x at batch 1); larger batches and training use LightGBM.
 
 Artifacts: ``model_q50.txt``/``model_q90.txt`` (LightGBM text), ``featurizer.json`` +
-``featurizer.safetensors`` (length only), ``meta.json`` (see ``predictor.artifacts``).
+``featurizer.safetensors`` (length only), ``text_ngram.safetensors`` (drift with text n-grams),
+``meta.json`` (see ``predictor.artifacts``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import NotFittedError
 
+from predictor import fast_trees
 from predictor.artifacts import (
     TRAIN_COMMAND,
     ArtifactError,
@@ -30,9 +38,16 @@ from predictor.artifacts import (
     write_meta,
 )
 from predictor.base import QUANTILES, LengthEstimator, check_frame, check_lengths, finish_quantiles
-from predictor.drift_data import DRIFT_EXTRA_NAMES, drift_features, progress_points
+from predictor.drift_data import (
+    DRIFT_EXTRA_NAMES,
+    drift_features,
+    output_token_ids,
+    partial_texts,
+    text_progress_points,
+)
 from predictor.features import Featurizer
 from predictor.metrics import DRIFT_POINTS
+from predictor.text_progress import TEXT_FEATURE_NAMES, NgramScore, text_features
 
 
 def _booster_params(est: Any, alpha: float) -> dict[str, Any]:
@@ -117,6 +132,21 @@ def _predict(
     )
 
 
+def _cached_forest(est: Any) -> fast_trees.CompiledForest | None:
+    """``est``'s boosters compiled by ``predictor.fast_trees`` (built on first use, rebuilt
+    after a refit), or None when ``est.fast_predict`` is off or the walker is unavailable."""
+    if not est.fast_predict:
+        return None
+    # keyed on the boosters list itself (held, so a refit's new list is never mistaken for it)
+    # and the iterations used
+    its = tuple(est.best_iteration_)
+    cached = getattr(est, "_fast", None)
+    if cached is None or cached[0] is not est.boosters_ or cached[1] != its:
+        forest = fast_trees.compile_boosters(est.boosters_, list(its))
+        est._fast = (est.boosters_, its, forest)
+    return est._fast[2]
+
+
 class LightGBMLength(LengthEstimator):
     """Admission-time output-length quantiles from prompt text, length and categorical ids."""
 
@@ -139,6 +169,7 @@ class LightGBMLength(LengthEstimator):
         max_vocab: int = 20000,
         min_count: int = 20,
         text_score: bool = True,
+        fast_predict: bool = True,
         num_threads: int = 2,
         random_state: int = 0,
     ) -> None:
@@ -156,6 +187,9 @@ class LightGBMLength(LengthEstimator):
         self.max_vocab = max_vocab
         self.min_count = min_count
         self.text_score = text_score
+        # serving batches (< SMALL_BATCH rows) through predictor.fast_trees (same predictions,
+        # compiled; falls back to LightGBM without numba)
+        self.fast_predict = fast_predict
         self.num_threads = num_threads
         self.random_state = random_state
 
@@ -237,9 +271,16 @@ class LightGBMLength(LengthEstimator):
             raise ValueError(f"features must have shape (n, {d}), got {F.shape}")
         if F.shape[0] == 0:
             return np.zeros((0, 2))
-        lq = _predict(self.boosters_, self.best_iteration_, F, self.num_threads)
+        forest = self._forest() if F.shape[0] < SMALL_BATCH else None
+        if forest is not None:
+            lq = forest.predict_raw(F)  # equal to _predict's LightGBM scores, bit for bit
+        else:
+            lq = _predict(self.boosters_, self.best_iteration_, F, self.num_threads)
         lq[:, 1] += self.p90_shift_
         return finish_quantiles(lq)
+
+    def _forest(self) -> fast_trees.CompiledForest | None:
+        return _cached_forest(self)
 
     def predict_quantiles(self, X: pd.DataFrame) -> np.ndarray:
         return self.predict_features(self.featurize(X))
@@ -305,8 +346,12 @@ class LightGBMLength(LengthEstimator):
 class LightGBMDrift:
     """Remaining-length quantiles given not finished after ``t`` tokens (sklearn-style).
 
-    ``fit(F, y, admission)``: admission features ``F`` (n, d), true lengths ``y`` (n,) and
-    out-of-fold admission quantiles (n, 2); progress rows are sampled internally.
+    ``fit(F, y, admission, texts=...)``: admission features ``F`` (n, d), true lengths ``y``
+    (n,), out-of-fold admission quantiles (n, 2) and optionally each trace's full output text
+    (None where the source has none); progress rows are sampled internally and, with ``text``,
+    read the partial text of their first t tokens (``predictor.text_progress``).
+    ``predict_remaining(F, admission, generated, texts=None)``: ``texts`` are the partial
+    output texts so far (None/absent -> the text columns are missing values).
     """
 
     kind: ClassVar[str] = "lgbm_drift"
@@ -314,8 +359,8 @@ class LightGBMDrift:
     def __init__(
         self,
         *,
-        n_estimators: int = 300,
-        learning_rate: float = 0.08,
+        n_estimators: int = 600,
+        learning_rate: float = 0.04,
         num_leaves: int = 63,
         min_child_samples: int = 40,
         feature_fraction: float = 0.8,
@@ -326,6 +371,11 @@ class LightGBMDrift:
         calibrate: bool = True,
         points: tuple[int, ...] = DRIFT_POINTS,
         n_random: int = 2,
+        text: bool = True,
+        n_random_text: int = 6,
+        text_ngrams: bool = True,
+        drop_prefixes: tuple[str, ...] = ("svd_",),
+        fast_predict: bool = True,
         num_threads: int = 2,
         random_state: int = 0,
     ) -> None:
@@ -341,10 +391,16 @@ class LightGBMDrift:
         self.calibrate = calibrate
         self.points = points
         self.n_random = n_random
+        self.text = text
+        self.n_random_text = n_random_text
+        self.text_ngrams = text_ngrams
+        self.drop_prefixes = drop_prefixes
+        # serving batches (< SMALL_BATCH rows) through predictor.fast_trees, as the length model
+        self.fast_predict = fast_predict
         self.num_threads = num_threads
         self.random_state = random_state
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = False) -> dict[str, Any]:
         return {
             k: getattr(self, k)
             for k in (
@@ -360,53 +416,122 @@ class LightGBMDrift:
                 "calibrate",
                 "points",
                 "n_random",
+                "text",
+                "n_random_text",
+                "text_ngrams",
+                "drop_prefixes",
+                "fast_predict",
                 "num_threads",
                 "random_state",
             )
         }
 
     def _rows(
-        self, F: np.ndarray, y: np.ndarray, admission: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        r, t = progress_points(y, rng, tuple(self.points), self.n_random)
+        self,
+        F: np.ndarray,
+        y: np.ndarray,
+        admission: np.ndarray,
+        rng: np.random.Generator,
+        texts: Any = None,
+        truncated: Any = None,
+    ) -> tuple[np.ndarray, np.ndarray, list[str | None], np.ndarray, np.ndarray]:
+        """(features, log remaining target, partial texts, trace index, t) of progress rows."""
+        ids, complete = [], np.zeros(0, bool)
+        if self.text and texts is not None:
+            if len(texts) != len(y):
+                raise ValueError(f"texts has {len(texts)} entries for {len(y)} traces")
+            ids, complete = output_token_ids(texts, truncated)
+        has = np.array([i is not None for i in ids], bool) if ids else np.zeros(len(y), bool)
+        r, t = text_progress_points(
+            y, has, rng, tuple(self.points), self.n_random, self.n_random_text
+        )
         X = drift_features(F[r], admission[r], t)
-        return X, np.log(y[r] - t)
+        tx = partial_texts(ids, complete, r, t)
+        if self.text:
+            X = np.hstack([X, text_features(tx, t)])
+        return X, np.log(y[r] - t), tx, r, t
+
+    def _ngram_column(
+        self,
+        tx: list[str | None],
+        t: np.ndarray,
+        target: np.ndarray | None = None,
+        r: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(n, 1) n-gram score of each partial text (NaN without text); out-of-fold when
+        ``target`` is given (training rows), else from the fitted ``ngram_``."""
+        col = np.full((len(tx), 1), np.nan, np.float32)
+        idx = [i for i, v in enumerate(tx) if isinstance(v, str)]
+        if idx:
+            texts = [tx[i] for i in idx]
+            if target is not None and r is not None:
+                col[idx, 0] = self.ngram_.fit_oof(texts, target[idx], r[idx], t[idx])
+            elif self.ngram_.coef_ is not None:
+                col[idx, 0] = self.ngram_.score(texts, t[idx])
+        return col
 
     def fit(
         self,
         F: np.ndarray,
         y: Any,
         admission: np.ndarray,
-        eval_set: tuple[np.ndarray, Any, np.ndarray] | None = None,
+        eval_set: tuple[Any, ...] | None = None,
         feature_names: list[str] | None = None,
         categorical_indices: list[int] | None = None,
+        texts: Any = None,
+        texts_truncated: Any = None,
     ) -> LightGBMDrift:
+        """``eval_set``: (F, y, admission[, texts[, texts_truncated]]) of validation traces.
+
+        ``texts``: full output text per trace (str, or None/NA without text);
+        ``texts_truncated``: flags of capped texts (only their first tokens are known).
+        """
         F = np.asarray(F, dtype=np.float32)
         yv = check_lengths(y, F.shape[0])
         adm = np.asarray(admission, dtype=np.float64).reshape(-1, 2)
         rng = np.random.default_rng(self.random_state)
-        X, target = self._rows(F, yv, adm, rng)
-        names = list(feature_names or [f"f{i}" for i in range(F.shape[1])])
+        self.n_features_in_ = F.shape[1]
+        all_names = list(feature_names or [f"f{i}" for i in range(F.shape[1])])
+        # admission columns the drift model reads: the prompt's SVD dims overfit here (a trace
+        # yields many progress rows but one prompt; measured on ShareGPT at t=128: 1.27x vs
+        # 1.23x gain without them); their summary (admission quantiles, text_score) stays
+        drop = tuple(self.drop_prefixes)
+        self.used_columns_ = [
+            i for i, n in enumerate(all_names) if not (drop and n.startswith(drop))
+        ]
+        F = F[:, self.used_columns_]
+        X, target, tx, r, t = self._rows(F, yv, adm, rng, texts, texts_truncated)
+        names = [all_names[i] for i in self.used_columns_]
         names += list(DRIFT_EXTRA_NAMES)
+        self.text_feature_names_ = _text_names(self.text, self.text_ngrams)
+        names += self.text_feature_names_
+        self.ngram_ = NgramScore()
+        if self.text and self.text_ngrams:
+            X = np.hstack([X, self._ngram_column(tx, t, target, r)])
         ev = None
         if eval_set is not None:
-            Fe = np.asarray(eval_set[0], dtype=np.float32)
-            ev = self._rows(
+            Fe = np.asarray(eval_set[0], dtype=np.float32)[:, self.used_columns_]
+            Xe, ye, txe, _, te = self._rows(
                 Fe,
                 check_lengths(eval_set[1], Fe.shape[0], "eval y"),
                 np.asarray(eval_set[2], dtype=np.float64).reshape(-1, 2),
                 rng,
+                eval_set[3] if len(eval_set) > 3 else None,
+                eval_set[4] if len(eval_set) > 4 else None,
             )
+            if self.text and self.text_ngrams:
+                Xe = np.hstack([Xe, self._ngram_column(txe, te)])
+            ev = (Xe, ye)
         self.feature_names_ = names
-        self.n_features_in_ = F.shape[1]
-        self.boosters_, self.best_iteration_ = _train_quantiles(
-            self, X, target, list(categorical_indices or []), names, ev
-        )
+        pos = {c: k for k, c in enumerate(self.used_columns_)}
+        cats = [pos[c] for c in (categorical_indices or []) if c in pos]
+        self.n_text_rows_ = int(np.isfinite(X[:, -1]).sum()) if self.text else 0
+        self.boosters_, self.best_iteration_ = _train_quantiles(self, X, target, cats, names, ev)
         self.p90_shift_ = 0.0
         if ev is not None and self.calibrate:
             lq = _predict(self.boosters_, self.best_iteration_, ev[0], self.num_threads)
             self.p90_shift_ = float(np.quantile(ev[1] - lq[:, 1], self.quantiles[1]))
-        self.categorical_indices_ = list(categorical_indices or [])
+        self.categorical_indices_ = cats  # in the booster's columns
         self.fitted_ = True
         return self
 
@@ -415,17 +540,40 @@ class LightGBMDrift:
             raise NotFittedError("LightGBMDrift is not fitted yet; call fit(F, y, admission)")
 
     def predict_remaining(
-        self, F: np.ndarray, admission: np.ndarray, generated: np.ndarray
+        self,
+        F: np.ndarray,
+        admission: np.ndarray,
+        generated: np.ndarray,
+        texts: Any = None,
     ) -> np.ndarray:
-        """(p50, p90) of tokens still to come (n, 2), given not finished after ``generated``."""
+        """(p50, p90) of tokens still to come (n, 2), given not finished after ``generated``.
+
+        ``texts``: the partial output text of each request so far (its first ``generated``
+        tokens; None where unknown), or None for none at all.
+        """
         self._check_fitted()
         F = np.asarray(F, dtype=np.float32)
         if F.ndim != 2 or F.shape[1] != self.n_features_in_:
             raise ValueError(f"features must have shape (n, {self.n_features_in_}), got {F.shape}")
         if F.shape[0] == 0:
             return np.zeros((0, 2))
-        X = drift_features(F, admission, generated)
-        lq = _predict(self.boosters_, self.best_iteration_, X, self.num_threads)
+        X = drift_features(F[:, self.used_columns_], admission, generated)
+        if self.text_feature_names_:
+            if texts is None:
+                T = np.full((F.shape[0], len(self.text_feature_names_)), np.nan, np.float32)
+            else:
+                if len(texts) != F.shape[0]:
+                    raise ValueError(f"texts has {len(texts)} entries for {F.shape[0]} rows")
+                tx = [v if isinstance(v, str) else None for v in texts]
+                T = text_features(tx, np.asarray(generated, dtype=np.float64))
+                if self.text_ngrams:
+                    T = np.hstack([T, self._ngram_column(tx, np.asarray(generated))])
+            X = np.hstack([X, T])
+        forest = _cached_forest(self) if X.shape[0] < SMALL_BATCH else None
+        if forest is not None:
+            lq = forest.predict_raw(X)  # equal to LightGBM's scores, bit for bit
+        else:
+            lq = _predict(self.boosters_, self.best_iteration_, X, self.num_threads)
         lq[:, 1] += self.p90_shift_
         return finish_quantiles(lq)
 
@@ -435,6 +583,7 @@ class LightGBMDrift:
         d.mkdir(parents=True, exist_ok=True)
         for q, b, it in zip(self.quantiles, self.boosters_, self.best_iteration_):
             b.save_model(str(d / f"model_q{int(q * 100)}.txt"), num_iteration=it)
+        self._save_ngram(d)
         write_meta(
             d,
             self.kind,
@@ -443,12 +592,25 @@ class LightGBMDrift:
                 "p90_shift": self.p90_shift_,
                 "best_iteration": self.best_iteration_,
                 "feature_names": self.feature_names_,
+                "text_feature_names": self.text_feature_names_,
+                "ngram_fitted": self.ngram_.coef_ is not None,
                 "n_features_in": self.n_features_in_,
+                "used_columns": self.used_columns_,
                 "categorical_indices": self.categorical_indices_,
                 **(extra_meta or {}),
             },
         )
         return d
+
+    def _save_ngram(self, d: Path) -> None:
+        if self.text and self.text_ngrams and self.ngram_.coef_ is not None:
+            save_arrays(
+                d / "text_ngram.safetensors",
+                {
+                    "coef": self.ngram_.coef_,
+                    "intercept": np.asarray(self.ngram_.intercept_, np.float64),
+                },
+            )
 
     @classmethod
     def load(cls, directory: str | Path) -> LightGBMDrift:
@@ -457,13 +619,48 @@ class LightGBMDrift:
         hp = dict(meta["hyperparameters"])
         hp["quantiles"] = tuple(hp["quantiles"])
         hp["points"] = tuple(hp["points"])
+        hp["drop_prefixes"] = tuple(hp.get("drop_prefixes", ()))  # older artifacts: none
+        hp.setdefault("text", False)  # artifacts written before partial-text features
+        hp.setdefault("text_ngrams", False)
         est = cls(**hp)
         est.boosters_ = [_load_booster(d / f"model_q{int(q * 100)}.txt") for q in est.quantiles]
         est.best_iteration_ = [b.current_iteration() for b in est.boosters_]
         est.p90_shift_ = float(meta["p90_shift"])
         est.feature_names_ = list(meta["feature_names"])
+        est.text_feature_names_ = list(meta.get("text_feature_names", []))
+        if est.text_feature_names_ != _text_names(est.text, est.text_ngrams):
+            raise ArtifactError(
+                f"{d}: drift model reads partial-text features {est.text_feature_names_[:3]}... "
+                f"that this version does not compute; retrain with `{TRAIN_COMMAND}`"
+            )
+        est.ngram_ = NgramScore()
+        if est.text and est.text_ngrams and meta.get("ngram_fitted"):
+            arrays = load_arrays(d / "text_ngram.safetensors")
+            try:
+                coef = np.asarray(arrays["coef"], np.float32)
+                intercept = np.asarray(arrays["intercept"], np.float64).reshape(-1)
+            except KeyError as e:
+                raise ArtifactError(f"{d}: text_ngram.safetensors lacks {e}") from e
+            want = (len(est.ngram_.t_edges) + 1, 2 * est.ngram_.n_features)
+            if coef.shape != want or intercept.shape != (want[0],):
+                raise ArtifactError(
+                    f"{d}: text_ngram.safetensors has coefficients {coef.shape} and intercepts "
+                    f"{intercept.shape}, expected {want} and ({want[0]},); retrain with "
+                    f"`{TRAIN_COMMAND}`"
+                )
+            est.ngram_.coef_, est.ngram_.intercept_ = coef, intercept
         est.n_features_in_ = int(meta["n_features_in"])
+        est.used_columns_ = [int(c) for c in meta.get("used_columns", range(est.n_features_in_))]
+        if any(not 0 <= c < est.n_features_in_ for c in est.used_columns_):
+            raise ArtifactError(f"{d}: used_columns out of range; retrain with `{TRAIN_COMMAND}`")
         est.categorical_indices_ = list(meta["categorical_indices"])
         est.meta_ = meta
         est.fitted_ = True
         return est
+
+
+def _text_names(text: bool, ngrams: bool) -> list[str]:
+    """Partial-text feature columns of a drift model with these hyperparameters."""
+    if not text:
+        return []
+    return list(TEXT_FEATURE_NAMES) + (["tx_ngram_score"] if ngrams else [])

@@ -16,6 +16,7 @@ group that every completion also updates, so a new tenant gets the workload-wide
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
@@ -56,17 +57,15 @@ class OnlineRecalibrator:
         if not actual > 0:
             raise ValueError(f"actual length must be > 0 tokens, got {actual!r}")
         p50, p90 = max(float(pred_raw[0]), 1.0), max(float(pred_raw[1]), 1.0)
-        r = float(np.log(actual / p50))
+        # scalar math (not numpy): this runs once per finished request inside engine steps
+        r = math.log(actual / p50)
+        c = self.clip
         for g in (GLOBAL, group) if group != GLOBAL else (GLOBAL,):
             mu = self.mu.get(g, 0.0)
             q = self.q.get(g, 0.0)
-            miss = float(actual > p90 * np.exp(mu + q))
-            self.q[g] = float(
-                np.clip(q + self.lr * (miss - (1.0 - self.target)), -self.clip, self.clip)
-            )
-            self.mu[g] = float(
-                np.clip((1 - self.alpha) * mu + self.alpha * r, -self.clip, self.clip)
-            )
+            miss = float(actual > p90 * math.exp(mu + q))
+            self.q[g] = min(max(q + self.lr * (miss - (1.0 - self.target)), -c), c)
+            self.mu[g] = min(max((1 - self.alpha) * mu + self.alpha * r, -c), c)
             self.count[g] = self.count.get(g, 0) + 1
 
     def update(

@@ -4,6 +4,7 @@
     X = pred.featurize(rows)                    # once per request, at arrival: (n, d)
     adm = pred.predict_admission(X)             # (n, 2) p50, p90 of total output tokens
     rem = pred.predict_remaining(X, adm, gen)   # (n, 2) p50, p90 of tokens still to come
+    rem = pred.predict_remaining(X, adm, gen, texts)  # optional: partial output texts so far
 
 ``rows`` is a DataFrame with the schema's columns (``prompt`` may be missing or NA); unknown
 tenant/model/source values go to the explicit unknown bucket. ``frame_from_requests`` builds it
@@ -44,7 +45,7 @@ class _Length(Protocol):
 class _Drift(Protocol):
     def predict_remaining(
         self, F: np.ndarray, admission: np.ndarray, generated: np.ndarray
-    ) -> np.ndarray: ...
+    ) -> np.ndarray: ...  # LightGBMDrift also takes texts= (partial output texts)
 
 
 def fingerprint(meta: dict[str, Any]) -> str:
@@ -98,6 +99,12 @@ class ServingPredictor:
     def has_drift(self) -> bool:
         return self.drift is not None
 
+    @property
+    def reads_text(self) -> bool:
+        """Whether the drift model reads the partial output text (``predict_remaining``'s
+        ``texts``); callers skip decoding text otherwise."""
+        return bool(getattr(self.drift, "text_feature_names_", None))
+
     def featurize(self, rows: pd.DataFrame) -> np.ndarray:
         """Admission features (n, d) float32; call once per request, at arrival."""
         if not isinstance(rows, pd.DataFrame):
@@ -112,9 +119,18 @@ class ServingPredictor:
         return self.length.predict_features(X)
 
     def predict_remaining(
-        self, X: np.ndarray, admission: np.ndarray, generated: np.ndarray
+        self,
+        X: np.ndarray,
+        admission: np.ndarray,
+        generated: np.ndarray,
+        texts: Sequence[str | None] | None = None,
     ) -> np.ndarray:
-        """(n, 2) = (p50, p90) of tokens still to come, given not finished at ``generated``."""
+        """(n, 2) = (p50, p90) of tokens still to come, given not finished at ``generated``.
+
+        ``texts`` (optional): each request's partial output text so far, i.e. the decoded first
+        ``generated`` tokens (``predictor.text_progress.PartialText`` builds it from a trace's
+        ``output_text``), None where unknown. Ignored by drift models that do not read text.
+        """
         if self.drift is None:
             raise ArtifactNotFoundError(
                 f"no drift model loaded next to {self.length_dir}; train one with "
@@ -128,6 +144,10 @@ class ServingPredictor:
                 f"X ({X.shape[0]}), admission ({adm.shape[0]}) and generated "
                 f"({gen.shape[0]}) must have the same number of rows"
             )
+        if texts is not None and self.reads_text:
+            if len(texts) != gen.shape[0]:
+                raise ValueError(f"texts ({len(texts)}) and generated ({gen.shape[0]}) differ")
+            return self.drift.predict_remaining(X, adm, gen, texts=list(texts))  # type: ignore[call-arg]
         return self.drift.predict_remaining(X, adm, gen)
 
     def describe(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import pandas as pd
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
-from data.schema import filter_rows
+from data.schema import FilterReport, filter_rows
 from data.splits import (
     Split,
     assign_groups,
@@ -35,7 +35,7 @@ from data.splits import (
 )
 from predictor.artifacts import data_hash
 from predictor.datasets import explode_samples, load_training_table, subsample
-from predictor.drift_data import naive_remaining
+from predictor.drift_data import naive_remaining, output_token_ids, partial_texts
 from predictor.metrics import DRIFT_POINTS, drift_metrics, length_metrics, running_at
 from predictor.serving import fingerprint
 
@@ -181,26 +181,94 @@ def score_length(est: Any, test: pd.DataFrame) -> tuple[dict[str, float], np.nda
     return length_metrics(y, q, test["prompt_tokens"].to_numpy(np.float64)), q, dt
 
 
+def _text_columns(df: pd.DataFrame) -> tuple[Any, Any]:
+    """(output_text, output_text_truncated) columns of a trace, None where absent."""
+    texts = df["output_text"] if "output_text" in df.columns else None
+    cut = df["output_text_truncated"] if "output_text_truncated" in df.columns else None
+    return texts, cut
+
+
+def has_output_text(df: pd.DataFrame) -> np.ndarray:
+    """Mask of rows carrying an output text (the partial-text drift features read it)."""
+    if "output_text" not in df.columns:
+        return np.zeros(len(df), bool)
+    return df["output_text"].notna().to_numpy(bool)
+
+
+def _reads_text(drift: Any) -> bool:
+    import inspect
+
+    return "texts" in inspect.signature(drift.predict_remaining).parameters
+
+
 def score_drift(
-    drift: Any, F: np.ndarray, adm: np.ndarray, y: np.ndarray, points: tuple[int, ...]
+    drift: Any,
+    F: np.ndarray,
+    adm: np.ndarray,
+    y: np.ndarray,
+    points: tuple[int, ...],
+    texts: Any = None,
+    texts_truncated: Any = None,
+    subset: str = "all",
 ) -> list[dict[str, Any]]:
+    """Drift vs "admission - t" at each fixed t over the requests still running at t.
+
+    ``texts``: full output texts of the test traces (None/NA without); a drift model that reads
+    partial text gets the decoded first t tokens of each, never more.
+    """
+    ids, complete = [], np.zeros(0, bool)
+    if texts is not None and _reads_text(drift):
+        ids, complete = output_token_ids(texts, texts_truncated)
     rows = []
     for t in points:
         run = running_at(y, t)
         if run.sum() < 2:
             continue
         gen = np.full(int(run.sum()), t, dtype=np.float64)
-        pred = drift.predict_remaining(F[run], adm[run], gen)
+        kw = {}
+        if ids:
+            kw["texts"] = partial_texts(ids, complete, np.flatnonzero(run), gen)
+        pred = drift.predict_remaining(F[run], adm[run], gen, **kw)
         base = naive_remaining(adm[run], gen)
         m = drift_metrics(y[run], t, pred)
         b = drift_metrics(y[run], t, base)
-        rows.append({"model": "drift", "t": t, **m})
-        rows.append({"model": "admission_minus_t", "t": t, **b})
+        rows.append({"subset": subset, "model": "drift", "t": t, **m})
+        rows.append({"subset": subset, "model": "admission_minus_t", "t": t, **b})
     df = pd.DataFrame(rows)
     if len(df):
         naive = df[df.model == "admission_minus_t"].set_index("t")["mae"]
         df["mae_gain_vs_naive"] = df["t"].map(naive) / df["mae"]
     return df.to_dict("records")
+
+
+def drift_traces(
+    train: pd.DataFrame,
+    extra_text: pd.DataFrame | None,
+    n: int | None,
+    rng: np.random.Generator,
+) -> tuple[pd.DataFrame, FilterReport]:
+    """Traces for drift training: every text-bearing trace, the rest subsampled to ``n`` total.
+
+    Text traces (ShareGPT) are a few percent of the length corpora but the only ones whose
+    partial output can be read, so none is subsampled away; ``extra_text`` adds the text rows
+    of the train split that ``max_train_rows`` removed (no length model saw them either).
+    """
+    df = (
+        train
+        if extra_text is None or not len(extra_text)
+        else pd.concat([train, extra_text], ignore_index=True)
+    )
+    text = has_output_text(df)
+    keep = text.copy()
+    rest = np.flatnonzero(~text)
+    budget = len(rest) if n is None else max(0, n - int(text.sum()))
+    if budget >= len(rest):
+        keep[rest] = True
+    else:
+        keep[rng.choice(rest, size=budget, replace=False)] = True
+    return filter_rows(
+        df, keep, f"drift: traces (all {int(text.sum()):,} with output text, max_drift_traces)"
+    )
 
 
 def measure_latency(
@@ -321,7 +389,17 @@ def run_training(
                 "drift: rows of prompts encoded for the length model (budget)",
             )
             log(str(rep))
-        dtrain, _ = subsample(dtrain, tc.max_drift_traces, rng, "drift: traces")
+        if _reads_text(drift_est) and has_output_text(table).any():
+            extra_text = None
+            if not hasattr(length_est, "restrict_rows"):
+                # text rows of the train split dropped by max_train_rows (same split again)
+                full = split_table(table, tc.split).train
+                full = full[has_output_text(full)]
+                extra_text = full[~full["request_id"].isin(set(dtrain["request_id"]))]
+            dtrain, rep = drift_traces(dtrain, extra_text, tc.max_drift_traces, rng)
+            log(str(rep))
+        else:
+            dtrain, _ = subsample(dtrain, tc.max_drift_traces, rng, "drift: traces")
         F_tr = getattr(length_est, "featurize_training", length_est.featurize)(dtrain)
         y_dtr = dtrain["output_tokens"].to_numpy(np.float64)
         adm_tr = crossfit_admission(length_est, F_tr, y_dtr, dtrain, tc.crossfit_folds, tc.seed)
@@ -331,21 +409,46 @@ def run_training(
         t0 = time.perf_counter()
         names = getattr(getattr(length_est, "featurizer_", None), "feature_names", None)
         cats = getattr(getattr(length_est, "featurizer_", None), "categorical_indices", None)
+        kw: dict[str, Any] = {}
+        ev: tuple[Any, ...] = (F_va, yva, adm_va)
+        if _reads_text(drift_est) and has_output_text(dtrain).any():
+            tx, cut = _text_columns(dtrain)
+            kw = {"texts": tx, "texts_truncated": cut}
+            ev = (F_va, yva, adm_va, *_text_columns(val))
         drift_est.fit(
             F_tr,
             y_dtr,
             adm_tr,
-            eval_set=(F_va, yva, adm_va),
+            eval_set=ev,
             feature_names=names,
             categorical_indices=cats,
+            **kw,
         )
         timings["drift_fit_s"] = time.perf_counter() - t0
-        drift_rows = score_drift(drift_est, F_test, adm_test, y_test, tc.drift_points)
+        t0 = time.perf_counter()
+        tx_test, cut_test = _text_columns(test)
+        drift_rows = score_drift(
+            drift_est, F_test, adm_test, y_test, tc.drift_points, tx_test, cut_test
+        )
+        text_test = has_output_text(test)
+        if text_test.any():
+            # the text-bearing held-out subset (ShareGPT): where partial text can be read
+            drift_rows += score_drift(
+                drift_est,
+                F_test[text_test],
+                adm_test[text_test],
+                y_test[text_test],
+                tc.drift_points,
+                tx_test[text_test] if tx_test is not None else None,
+                cut_test[text_test] if cut_test is not None else None,
+                subset="with_text",
+            )
+        timings["drift_score_s"] = time.perf_counter() - t0
         for r in drift_rows:
             if r["model"] == "drift":
                 log(
-                    f"  drift t={r['t']}: mae={r['mae']:.1f} tau={r['kendall_tau']:.3f} "
-                    f"gain_vs_naive={r['mae_gain_vs_naive']:.2f}x"
+                    f"  drift [{r['subset']}] t={r['t']}: mae={r['mae']:.1f} "
+                    f"tau={r['kendall_tau']:.3f} gain_vs_naive={r['mae_gain_vs_naive']:.2f}x"
                 )
     drift_table = pd.DataFrame(drift_rows)
 

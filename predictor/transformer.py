@@ -114,8 +114,36 @@ class QuantileHead(nn.Module):
         return torch.stack([p50, p50 + nn.functional.softplus(out[:, 1])], dim=1)
 
 
+INFERENCE_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def resolve_inference_dtype(name: str, device: torch.device) -> str:
+    """``auto`` -> ``bfloat16`` on a CPU with native bf16 matrix units (AVX512-BF16/AMX:
+    2-3x faster encoding, embeddings within cosine 0.99996 of float32), else ``float32``."""
+    if name not in INFERENCE_DTYPES:
+        raise ValueError(f"unknown inference_dtype {name!r}; expected one of {INFERENCE_DTYPES}")
+    if name != "auto":
+        return name
+    if device.type != "cpu":
+        return "float32"
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bfloat16" if native else "float32"
+
+
 class Encoder:
-    """Tokenizer + MiniLM, mean pooling; ``encode(texts) -> (n, 384)`` float32."""
+    """Tokenizer + MiniLM, mean pooling; ``encode(texts) -> (n, 384)`` float32.
+
+    ``encode`` (inference) groups texts of similar *token* length into sub-batches, so a
+    batch of short prompts is not padded to its longest one (prompts average ~20 of the 64
+    tokens read: padding to the batch maximum tripled the work), and runs in ``dtype``
+    (``set_dtype``); pooling is always float32.
+    """
+
+    BUCKET_RATIO = 0.8  # a sub-batch holds texts at least this fraction of its longest
+    MIN_BUCKET = 8  # ... but at least this many (one forward pass costs ~4 tokens' work)
 
     def __init__(
         self,
@@ -123,6 +151,7 @@ class Encoder:
         batch_size: int,
         device: torch.device,
         state: dict[str, torch.Tensor] | None = None,
+        dtype: str = "float32",
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -131,13 +160,27 @@ class Encoder:
         hf_logging.disable_progress_bar()
         path = encoder_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).to(device)
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"encoder dtype must be float32 or bfloat16, got {dtype!r}")
+        # Loaded straight in the inference dtype: float32 weights never materialise for a
+        # bfloat16 encoder (converting after loading left the freed float32 pages in RSS).
+        self.model = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
         if state is not None:
-            self.model.load_state_dict(state)
+            self.model.load_state_dict(state)  # copies (and casts) the fine-tuned weights
         self.model.eval()
         self.max_length = max_length
         self.batch_size = batch_size
         self.device = device
+        self.dtype = dtype
+
+    def set_dtype(self, dtype: str) -> None:
+        """Run inference in ``float32`` or ``bfloat16`` (weights converted in place: the
+        bfloat16 encoder also takes half the memory). Training always uses float32."""
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"encoder dtype must be float32 or bfloat16, got {dtype!r}")
+        if dtype != self.dtype:
+            self.model.to(getattr(torch, dtype))
+            self.dtype = dtype
 
     def tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
         b = self.tokenizer(
@@ -150,18 +193,45 @@ class Encoder:
         return {k: v.to(self.device) for k, v in b.items()}
 
     def pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        h = self.model(**batch).last_hidden_state  # (b, seq, 384)
+        h = self.model(**batch).last_hidden_state.float()  # (b, seq, 384)
         m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+    def buckets(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Sub-batches (index arrays) of texts with token ``lengths``: longest first, a new
+        one when the next text is shorter than ``BUCKET_RATIO`` x the current longest (once
+        it holds ``MIN_BUCKET``) or it reaches ``batch_size``."""
+        order = np.argsort(-np.asarray(lengths), kind="stable")
+        out, i = [], 0
+        while i < len(order):
+            top, j = lengths[order[i]], i + 1
+            while j < len(order) and j - i < self.batch_size:
+                if j - i >= self.MIN_BUCKET and lengths[order[j]] < self.BUCKET_RATIO * top:
+                    break
+                j += 1
+            out.append(order[i:j])
+            i = j
+        return out
 
     @torch.inference_mode()
     def encode(self, texts: list[str], desc: str = "encode") -> np.ndarray:
         out = np.zeros((len(texts), EMB_DIM), dtype=np.float32)
-        # Longest first: batches of similar length pad less.
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        for i in tqdm(range(0, len(texts), self.batch_size), desc=desc, disable=not _progress()):
-            idx = order[i : i + self.batch_size]
-            out[idx] = self.pooled(self.tokens([texts[j] for j in idx])).float().cpu().numpy()
+        if not texts:
+            return out
+        # Tokenise once without padding; pad each length bucket to its own longest text.
+        enc = self.tokenizer(
+            [t[:MAX_PROMPT_CHARS] for t in texts], truncation=True, max_length=self.max_length
+        )
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        for idx in tqdm(
+            self.buckets(np.array([len(x) for x in ids])), desc=desc, disable=not _progress()
+        ):
+            b = self.tokenizer.pad(
+                {"input_ids": [ids[j] for j in idx], "attention_mask": [mask[j] for j in idx]},
+                return_tensors="pt",
+            )
+            batch = {k: v.to(self.device) for k, v in b.items()}
+            out[idx] = self.pooled(batch).float().cpu().numpy()
         return out
 
 
@@ -389,6 +459,7 @@ class TransformerLength(LengthEstimator):
         calibrate: bool = True,
         num_threads: int = 2,
         device: str = "auto",
+        inference_dtype: str = "auto",
         random_state: int = 0,
     ) -> None:
         self.mode = mode
@@ -410,6 +481,8 @@ class TransformerLength(LengthEstimator):
         self.calibrate = calibrate
         self.num_threads = num_threads
         self.device = device
+        # encoder precision when predicting (training is float32): auto | float32 | bfloat16
+        self.inference_dtype = inference_dtype
         self.random_state = random_state
 
     def _resolved_mode(self) -> str:
@@ -455,18 +528,27 @@ class TransformerLength(LengthEstimator):
         torch.set_num_threads(self.num_threads)
         X, yv = self._budget(X, yv)
         dev = _device(self.mode, self.device)
+        self.mode_ = self._resolved_mode()
+        # frozen: the encoder only ever infers, so it starts in the serving precision
+        start_dtype = (
+            resolve_inference_dtype(self.inference_dtype, dev)
+            if self.mode_ == "frozen"
+            else "float32"
+        )
         cats = {}
         for c in CATEGORICAL:
             if c in X.columns:
                 vc = X[c].astype("string").value_counts()
                 cats[c] = sorted(str(v) for v, k in vc.items() if k >= self.min_count)
         self.featurizer_ = TransformerFeaturizer(
-            Encoder(self.max_length, self.batch_size, dev), cats
+            Encoder(self.max_length, self.batch_size, dev, dtype=start_dtype), cats
         )
-        self.mode_ = self._resolved_mode()
         t0 = time.perf_counter()
         if self.mode_ == "finetune":
             self._finetune(X, yv)
+        # From here on the encoder only infers, in the serving precision: the head trains on
+        # the embeddings it will see when serving (and cached ones equal re-encoded ones).
+        self.featurizer_.encoder.set_dtype(resolve_inference_dtype(self.inference_dtype, dev))
         F = self.featurizer_.transform(X, "encode train")
         ev = None
         if eval_set is not None:
@@ -619,18 +701,29 @@ class TransformerLength(LengthEstimator):
         return d
 
     @classmethod
-    def load(cls, directory: str | Path, device: str = "cpu") -> TransformerLength:
+    def load(
+        cls, directory: str | Path, device: str = "cpu", inference_dtype: str | None = None
+    ) -> TransformerLength:
+        """``inference_dtype`` overrides the saved one (auto | float32 | bfloat16)."""
         d = Path(directory)
         meta = read_meta(d, (cls.kind,))
         hp = dict(meta["hyperparameters"])
         hp["quantiles"] = tuple(hp["quantiles"])
         hp["device"] = device
+        if inference_dtype is not None:
+            hp["inference_dtype"] = inference_dtype
         est = cls(**hp)
         est.mode_ = meta["mode"]
         dev = torch.device(device)
         enc_state = _load_tensors(d / "encoder.safetensors") if est.mode_ == "finetune" else None
         est.featurizer_ = TransformerFeaturizer(
-            Encoder(est.max_length, est.batch_size, dev, enc_state),
+            Encoder(
+                est.max_length,
+                est.batch_size,
+                dev,
+                enc_state,
+                dtype=resolve_inference_dtype(est.inference_dtype, dev),
+            ),
             {k: list(v) for k, v in meta["categories"].items()},
         )
         t = _load_tensors(d / "head.safetensors")

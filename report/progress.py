@@ -126,6 +126,8 @@ class Progress:
 class SimProgressObserver:
     """``SimEngine.observer``: progress in simulated seconds towards the last arrival."""
 
+    fast_forward_ok = True  # reads now/step/queue sizes only: one call per decode window is fine
+
     def __init__(
         self,
         desc: str,

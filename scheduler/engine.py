@@ -86,6 +86,7 @@ def requests_from_frame(df: pd.DataFrame) -> list[SchedRequest]:
 
     prompts = col("prompt", None)
     max_tokens = col("max_tokens", None)
+    outputs = col("output_text", None)
     out = []
     for i, (rid, ten, tier, cat, src, model, arr, p, o, mt, txt) in enumerate(
         zip(
@@ -117,6 +118,7 @@ def requests_from_frame(df: pd.DataFrame) -> list[SchedRequest]:
                 max_tokens=mt,
                 arrival_s=float(arr),
                 true_output_tokens=int(o),
+                output_text=outputs[i] if isinstance(outputs[i], str) else None,
             )
         )
     return out

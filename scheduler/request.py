@@ -46,6 +46,10 @@ class SchedRequest:
     first_token_s: float = math.nan
     finish_s: float = math.nan
     output_token_ids: list[int] | None = None  # live engine only, when a predictor reads text
+    # the trace's full output text (replayed ShareGPT workloads), engine-side like
+    # true_output_tokens: predictors read only its first num_output_tokens tokens, through
+    # predictor.text_progress.PartialText
+    output_text: str | None = None
 
     # --- estimates, written by the policy (tokens) ---
     est_output_tokens: float = math.nan  # total output length estimated at admission (median)

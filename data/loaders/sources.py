@@ -122,13 +122,27 @@ def load_alpaca_eval() -> Loaded:
 
 
 def load_sharegpt() -> Loaded:
-    """ShareGPT V3: the first human->gpt turn of each conversation, with the prompt text.
+    """ShareGPT V3: the first human->gpt turn of each conversation, with prompt and reply text.
 
     ``prompt`` is cut to 8,000 characters upstream (``prompt_truncated``); ``prompt_tokens``
-    counts the full prompt. Outputs are ChatGPT replies (``model`` = ``chatgpt``).
+    counts the full prompt. Outputs are ChatGPT replies (``model`` = ``chatgpt``);
+    ``output_text`` is the reply, capped at 2,048 cl100k tokens (``output_text_truncated``; see
+    ``data/build_sharegpt_responses.py``).
     """
     s = _read_jsonl("sharegpt_v3/sharegpt_v3_first_turn.jsonl.gz")
     cid = s["id"].astype(str)
+    rpath = "sharegpt_v3/sharegpt_v3_first_turn_responses.jsonl.gz"
+    r = _read_jsonl(rpath)
+    reply = dict(zip(r["id"].astype(str), r["response"]))
+    cut = dict(zip(r["id"].astype(str), r["response_truncated"].astype(bool)))
+    missing = ~cid.isin(reply.keys()).to_numpy()
+    if missing.any():
+        first = int(np.flatnonzero(missing)[0])
+        raise ValueError(
+            f"{raw_path(rpath)}: no reply for ShareGPT id {cid.iloc[first]!r} (row {first} of "
+            "sharegpt_v3_first_turn.jsonl.gz); rebuild it with "
+            "`python -m data.build_sharegpt_responses`"
+        )
     df = pd.DataFrame(
         {
             "request_id": "sharegpt:" + cid + ":t0",
@@ -136,8 +150,10 @@ def load_sharegpt() -> Loaded:
             "prompt": s["prompt"],
             "prompt_tokens": s["prompt_tokens_cl100k"],
             "output_tokens": s["output_tokens_cl100k"],
+            "output_text": pd.array(cid.map(reply).tolist(), dtype="string"),
             "conversation_id": cid,
             "prompt_truncated": s["prompt_truncated"].astype(bool),
+            "output_text_truncated": cid.map(cut).astype(bool).to_numpy(),
             "n_messages": s["n_messages"],
             "tokenizer": "cl100k",
         }

@@ -34,6 +34,7 @@ import heapq
 import math
 import time
 from collections import deque
+from itertools import islice
 from typing import Any
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
@@ -46,10 +47,65 @@ from scheduler.request import SchedRequest
 
 _ABORTED = (RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR)
 _PENDING_KEY = math.inf  # priority of a request before its first key (admitted last)
+# CPU time of the calling thread: the policy share without other processes' time slices (the
+# in-process engine runs schedule, the forward pass and update_from_output on one thread)
+_cpu = time.thread_time
+FLUSH_EVERY_S = 0.25  # most time finished requests' sink lines wait while the engine is busy
 
 
 def _priority(m: SchedRequest, key: float) -> tuple[float, float, int]:
     return (key, m.arrival_s, m.index)
+
+
+def _sift_up(heap: list, pos: int) -> None:
+    """Move ``heap[pos]`` towards the root until its parent is not larger (min-heap)."""
+    item = heap[pos]
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        up = heap[parent]
+        if not item < up:
+            break
+        heap[pos] = up
+        pos = parent
+    heap[pos] = item
+
+
+def _requeue(heaps: tuple[list, ...], req: Request, lower: bool) -> None:
+    """Restore the heap that holds ``req`` after its priority changed (O(n) find in C, then
+    O(log n) ``Request.__lt__`` calls instead of a heapify's O(n))."""
+    for h in heaps:
+        # new arrivals sit at the tail (pending priority): look there first
+        start = max(0, len(h) - 64)
+        try:
+            pos = h.index(req, start)
+        except ValueError:
+            try:
+                pos = h.index(req, 0, start)
+            except ValueError:
+                continue
+        if lower:
+            _sift_up(h, pos)
+        else:
+            _sift_down(h, pos)
+        return
+
+
+def _sift_down(heap: list, pos: int) -> None:
+    """Move ``heap[pos]`` towards the leaves while a child is smaller (min-heap)."""
+    item = heap[pos]
+    n = len(heap)
+    while True:
+        child = 2 * pos + 1
+        if child >= n:
+            break
+        right = child + 1
+        if right < n and heap[right] < heap[child]:
+            child = right
+        if not heap[child] < item:
+            break
+        heap[pos] = heap[child]
+        pos = child
+    heap[pos] = item
 
 
 class _DriftMixin:
@@ -66,9 +122,17 @@ class _DriftMixin:
             )
         cfg = dict((self.vllm_config.additional_config or {}).get(META_KEY, {}) or {})
         self.drift = PolicyDriver(cfg.get("policy"), cfg.get("fallback"), cfg.get("sink"))
-        self._drift_open_steps: deque[tuple[StepRecord, float]] = deque()
+        # (record, wall time schedule() returned, thread CPU time schedule() started)
+        self._drift_open_steps: deque[tuple[StepRecord, float, float]] = deque()
+        self._drift_add_cpu_us = 0.0  # add_request CPU time since the last step
         self._drift_new: list[Request] = []  # added since the last keys were computed
         self._drift_req_of: dict[int, Request] = {}  # id(mirror) -> vLLM request
+        self._drift_epoch = 0  # steps that picked admissions from Policy.ranked
+        self._drift_flushed_at = time.monotonic()  # last sink write of finished requests
+        # Write the sink when the engine goes idle (a run's end). An in-process VllmEngine turns
+        # this off and flushes after the replay instead: the client then gets its last outputs
+        # without waiting for the run's JSON lines (they are read only after the replay).
+        self.drift_flush_when_idle = True
 
     # ------------------------------------------------------------------ request lifecycle
     def add_request(self, request: Request) -> None:
@@ -78,7 +142,7 @@ class _DriftMixin:
         sp = request.sampling_params
         meta = request_meta(sp.extra_args if sp is not None else None)
         self.drift.ensure_run(meta)  # may build the run's policy: not counted as overhead
-        t = time.monotonic()
+        t, c = time.monotonic(), _cpu()
         m = self.drift.add(request.request_id, meta, request.num_prompt_tokens, request.max_tokens)
         # A tuple priority before the heap push: int and tuple priorities must never mix.
         request.priority = _priority(m, _PENDING_KEY)
@@ -86,6 +150,7 @@ class _DriftMixin:
         super().add_request(request)
         self._drift_new.append(request)
         self.drift.overhead_us += (time.monotonic() - t) * 1e6
+        self._drift_add_cpu_us += (_cpu() - c) * 1e6
 
     def _free_request(self, request: Request, *args: Any, **kwargs: Any) -> Any:
         out = super()._free_request(request, *args, **kwargs)
@@ -119,12 +184,11 @@ class _DriftMixin:
             out.append(m)
         return out
 
-    def _drift_preempt(self, victims: list[SchedRequest], running: list[SchedRequest]) -> set[str]:
-        by_mirror = {id(m): r for r, m in zip(self._drift_running_reqs, running)}
+    def _drift_preempt(self, victims: list[SchedRequest]) -> set[str]:
         done: set[str] = set()
         ts = time.monotonic()
         for m in victims:
-            req = by_mirror.get(id(m))
+            req = self._drift_req_of.get(id(m))
             if req is None or req.status != RequestStatus.RUNNING:
                 continue
             if not self._request_blocks_can_be_freed(req):
@@ -136,61 +200,124 @@ class _DriftMixin:
         return done
 
     def _drift_apply_keys(self, now: float) -> None:
+        """Keys -> vLLM priorities, touching as little of vLLM's waiting heap as possible.
+
+        vLLM compares requests with a Python ``Request.__lt__`` (~1 us a comparison), so a
+        re-heapify of a deep queue costs more than the policy itself; instead:
+
+        * static keys: key the new arrivals only and sift each up from the heap's tail, where
+          their pending priority left them (heapify only for a large burst);
+        * incremental (``take_changed``): the same for arrivals and changed waiting requests;
+        * dynamic, non-incremental: no waiting key at all unless a slot is free; then the head
+          of ``Policy.ranked`` (one request per free slot) gets "front" priorities that vLLM
+          pops in that order, ahead of every other waiting request (see ``_drift_rank_head``).
+
+        Running requests of dynamic policies are re-keyed every step (at most ``max_num_seqs``):
+        their priorities pick vLLM's KV-pressure victim.
+        """
         d = self.drift
         policy = d.run.policy if d.run is not None else None
         if policy is None:
             return
         live = d.mirrors
-        touched_waiting = True  # whether a waiting request's priority may have changed
-        if policy.dynamic_keys and not policy.incremental_keys:
-            reqs = [r for r in self.running if r.request_id in live]
-            reqs += [r for r in self.waiting._heap if r.request_id in live]
-            reqs += [r for r in self.kv_holding_waiting._heap if r.request_id in live]
-        else:
-            # Static keys: new arrivals only. Incremental: arrivals, the waiting requests the
-            # policy reports as changed, and the running ones (their keys pick vLLM's
-            # KV-pressure victim); O(changed + max_num_seqs) keys per step.
-            reqs = [r for r in self._drift_new if r.request_id in live]
-            if policy.dynamic_keys:
-                by_mirror = self._drift_req_of
-                reqs += [by_mirror[id(m)] for m in d.take_changed() if id(m) in by_mirror]
-                touched_waiting = bool(reqs)
-                reqs += [r for r in self.running if r.request_id in live]
-                reqs = list({id(r): r for r in reqs}.values())
+        new = [r for r in self._drift_new if r.request_id in live]
         self._drift_new = []
+        by_mirror = self._drift_req_of
+        if not policy.dynamic_keys:
+            self._drift_key_waiting(new, now)
+            return
+        if policy.incremental_keys:
+            changed = [by_mirror[id(m)] for m in d.take_changed() if id(m) in by_mirror]
+            self._drift_key_waiting(list({id(r): r for r in (*new, *changed)}.values()), now)
+        else:
+            self._drift_rank_head(policy, new, now)
+        running = [r for r in self.running if r.request_id in live]
+        if running:
+            mirrors = [live[r.request_id] for r in running]
+            for r, m, k in zip(running, mirrors, d.keys(mirrors, now)):
+                r.priority = _priority(m, k)
+
+    def _drift_key_waiting(self, reqs: list[Request], now: float) -> None:
+        """Set the priorities of these waiting requests and restore vLLM's heap order."""
         if not reqs:
             return
-        mirrors = [live[r.request_id] for r in reqs]
+        d = self.drift
+        mirrors = [d.mirrors[r.request_id] for r in reqs]
         keys = d.keys(mirrors, now)
+        heaps = (self.waiting._heap, self.kv_holding_waiting._heap)
+        if len(reqs) > 8 + sum(map(len, heaps)) // 16:  # a burst: one heapify is cheaper
+            for r, m, k in zip(reqs, mirrors, keys):
+                r.priority = _priority(m, k)
+            for h in heaps:
+                heapq.heapify(h)
+            return
         for r, m, k in zip(reqs, mirrors, keys):
+            old = r.priority
             r.priority = _priority(m, k)
-        if not touched_waiting:
-            return  # only running requests were re-keyed: the waiting heaps are intact
-        heapq.heapify(self.waiting._heap)
-        heapq.heapify(self.kv_holding_waiting._heap)
+            _requeue(heaps, r, lower=r.priority < old)
+
+    def _drift_rank_head(self, policy: Any, new: list[Request], now: float) -> None:
+        """Dynamic, non-incremental policies: one ``ranked`` request per free slot goes first.
+
+        vLLM pops waiting requests only while a running slot is free, so with ``k`` free slots
+        the admission order is decided by the first ``k`` requests of ``Policy.ranked``. They
+        get priorities ``(-inf, -epoch, rank)``, which sort before every key and before the
+        picks of earlier steps; every other waiting request keeps its old priority (new arrivals
+        their pending one), never read before it is picked in turn. Should vLLM pop more than
+        ``k`` (it skips requests blocked on remote KV or grammar), the rest come in their
+        earlier order. If ``ranked`` raises, the step falls back to keying every waiting
+        request (the fallback policy's keys when ``key`` raises too)."""
+        d = self.drift
+        live = d.mirrors
+        heaps = (self.waiting._heap, self.kv_holding_waiting._heap)
+        n_wait = sum(map(len, heaps))
+        free = self.max_num_active_reqs - len(self.running) - self.num_waiting_for_streaming_input
+        if not n_wait or free <= 0:
+            return  # nothing can be admitted this step: waiting keys are not read
+        waiting = list(d.waiting.values())
+        k = min(free, len(waiting))
+        picks = d._safe(
+            "ranked", lambda p: list(islice(p.ranked(waiting, now), k)), feed_fallback=False
+        )
+        by_mirror = self._drift_req_of
+        reqs = [by_mirror.get(id(m)) for m in picks] if picks is not None else None
+        if reqs is None or any(r is None or r.request_id not in live for r in reqs):
+            if picks is not None:
+                d._fault("ranked", None, "returned a request that is not waiting")
+            waiting_reqs = [r for h in heaps for r in h if r.request_id in live]
+            mirrors = [live[r.request_id] for r in waiting_reqs]
+            for r, m, key in zip(waiting_reqs, mirrors, d.keys(mirrors, now)):
+                r.priority = _priority(m, key)
+            for h in heaps:
+                heapq.heapify(h)
+            return
+        d.keys([live[r.request_id] for r in reqs], now)  # sched_key for records; NaN -> fault
+        self._drift_epoch += 1
+        for rank, r in enumerate(reqs):
+            r.priority = (-math.inf, -self._drift_epoch, rank)
+            _requeue(heaps, r, lower=True)
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         d = self.drift
-        t_start = time.monotonic()
+        t_start, c_start = time.monotonic(), _cpu()
         vol: set[str] = set()
         waiting_by_tier = dict(d.waiting_by_tier)
         if d.run is not None:
             running = self._drift_sync_running()
-            self._drift_running_reqs = [r for r in self.running if r.request_id in d.mirrors]
             victims = d.begin_step(running)
             if victims:
-                vol = self._drift_preempt(victims, running)
+                vol = self._drift_preempt(victims)
             self._drift_apply_keys(d.now())
-        t_policy = time.monotonic()
+        t_policy, c_policy = time.monotonic(), _cpu()
         out = super().schedule(*args, **kwargs)
-        t_sched = time.monotonic()
+        t_sched, c_sched = time.monotonic(), _cpu()
         if d.run is None:
             return out
         # Admissions: running requests whose mirror was waiting.
         admitted = [r.request_id for r in self.running if r.request_id in d.waiting]
         if admitted:
             d.admitted(admitted)
-        t_adm = time.monotonic()
+        t_adm, c_adm = time.monotonic(), _cpu()
         n_kv = 0
         for rid in out.preempted_req_ids:
             req = self.requests.get(rid)
@@ -240,24 +367,28 @@ class _DriftMixin:
         # Policy overhead: before vLLM's schedule() and the admission hooks after it; the
         # step bookkeeping for the steps table is not the policy's and is not counted.
         rec.policy_us = ((t_policy - t_start) + (t_adm - t_sched)) * 1e6 + d.overhead_us
-        d.overhead_us = 0.0
-        self._drift_open_steps.append((rec, t_end))
+        rec.policy_cpu_us = ((c_policy - c_start) + (c_adm - c_sched)) * 1e6
+        rec.policy_cpu_us += self._drift_add_cpu_us
+        d.overhead_us = self._drift_add_cpu_us = 0.0
+        self._drift_open_steps.append((rec, t_end, c_start))
         return out
 
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
         t_in = time.monotonic()
         rec = None
         if self._drift_open_steps:
-            rec, t_sched_end = self._drift_open_steps.popleft()
+            rec, t_sched_end, c_start = self._drift_open_steps.popleft()
             rec.exec_s = t_in - t_sched_end
         out = super().update_from_output(scheduler_output, model_runner_output)
         d = self.drift
         if d.run is not None:
-            t = time.monotonic()
+            t, c = time.monotonic(), _cpu()
             d.report_ended(flush=False)
             if rec is not None:
-                t_out = time.monotonic()
+                t_out, c_out = time.monotonic(), _cpu()
                 rec.policy_us += (t_out - t) * 1e6
+                rec.policy_cpu_us += (c_out - c) * 1e6
+                rec.cpu_s = c_out - c_start
                 rec.update_s = t_out - t_in
                 rec.t_end = t_out - d.run.t0
                 # Whether the engine goes straight on to the next step: the wall time from
@@ -265,8 +396,17 @@ class _DriftMixin:
                 # scheduler, output processing, client loop) -- what the simulator's step is.
                 rec.unfinished_after = sum(self.get_request_counts())
                 d.record_step(rec)
-            if d.has_unflushed_requests():
-                d.flush()  # sink I/O: not policy time
+            # Sink I/O (not policy time) costs more than the adapter's per-step work: write the
+            # finished requests' lines when the engine goes idle (a run's end) or every
+            # FLUSH_EVERY_S, not in every step that finishes one (an in-process failure
+            # flushes the rest; a dead engine-core process loses at most FLUSH_EVERY_S).
+            if d.has_unflushed_requests() and (
+                rec is None
+                or (rec.unfinished_after == 0 and self.drift_flush_when_idle)
+                or time.monotonic() - self._drift_flushed_at >= FLUSH_EVERY_S
+            ):
+                d.flush()
+                self._drift_flushed_at = time.monotonic()
         return out
 
 

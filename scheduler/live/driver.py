@@ -13,7 +13,11 @@ translates vLLM's request objects into calls on a :class:`PolicyDriver`, which
   serving continues; the number of faults is reported in the run summary;
 * times everything it does per step (``policy_us``: mirror sync + hooks + keys + re-heapify);
 * writes per-request scheduler-side records and per-step records as JSON lines into the run's
-  sink directory, so the client can read them back in either process mode.
+  sink directory, so the client can read them back in either process mode;
+* injects engine faults when the run asks for them (``faults`` in the request metadata, a
+  :class:`scheduler.faults.EngineFaults`): the step ``die_at_step`` raises
+  :class:`~scheduler.faults.InjectedEngineFault` out of ``schedule()``, which kills the engine
+  core exactly as a real scheduler bug would (docs/RELIABILITY.md, part 5).
 
 Clock: ``now`` is seconds since the run's start ``t0`` on ``time.monotonic`` (system-wide on
 Linux, so client and engine-core processes agree); ``t0`` travels with each request.
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scheduler.faults import EngineFaults, predictor_health
 from scheduler.policies.base import Policy
 from scheduler.request import SchedRequest, Status
 
@@ -92,6 +97,8 @@ class StepRecord:
     exec_s: float = math.nan  # schedule() return -> update_from_output() entry (model time)
     sched_s: float = math.nan  # time inside schedule() (vLLM's own + the policy's)
     policy_us: float = 0.0  # time spent in the driver this step (mirrors, hooks, keys, heapify)
+    policy_cpu_us: float = 0.0  # the same, as CPU time of the engine thread (time.thread_time)
+    cpu_s: float = math.nan  # CPU time of the engine thread, schedule() -> update_from_output()
     prefill_tokens: int = 0  # prompt / recompute tokens scheduled
     prefill_seqs: int = 0
     decode_seqs: int = 0  # requests generating one token
@@ -125,6 +132,10 @@ class RunState:
     fallback: Policy = field(default_factory=FifoPolicy)
     faults: int = 0
     fault_messages: list[str] = field(default_factory=list)
+    engine_faults: EngineFaults | None = None  # injected engine death (tests, +faults=...)
+    first_step: int = 0  # the engine's step counter when the run started (runs share it)
+    n_finished: int = 0  # requests vLLM freed as finished / aborted (each exactly once)
+    n_aborted: int = 0
 
 
 class PolicyDriver:
@@ -179,12 +190,15 @@ class PolicyDriver:
         sink = meta.get("sink") if meta else None
         sink = sink or self.default_sink
         t0 = float(meta["t0"]) if meta and "t0" in meta else time.monotonic()
+        ef = meta.get("faults") if meta else None
         self.run = RunState(
             run_id=run_id,
             policy=policy,
             t0=t0,
             sink=Path(sink) if sink else None,
             fallback=fallback,
+            engine_faults=EngineFaults(**ef) if ef else None,
+            first_step=self.step_no,
         )
         if self.run.sink is not None:
             self.run.sink.mkdir(parents=True, exist_ok=True)
@@ -271,6 +285,11 @@ class PolicyDriver:
         m.status = Status.ABORTED if aborted else Status.FINISHED
         m.finish_s = self.now()
         self.ended.append((m, aborted))
+        if self.run is not None:
+            if aborted:
+                self.run.n_aborted += 1
+            else:
+                self.run.n_finished += 1
 
     def report_ended(self, flush: bool = True) -> None:
         """Batched on_finish / on_abort, then the requests' sink lines."""
@@ -300,6 +319,9 @@ class PolicyDriver:
         """Arrivals and on_step; returns the policy's voluntary preemption victims."""
         if self.run is None:
             return []
+        if self.run.engine_faults is not None:
+            # raises out of schedule(): the engine core dies mid-run
+            self.run.engine_faults.check(self.step_no - self.run.first_step)
         self.report_ended(flush=False)
         now = self.now()
         self._deliver_arrivals(now)
@@ -419,6 +441,9 @@ class PolicyDriver:
             "faults": run.faults,
             "fault_messages": run.fault_messages,
             "live_requests": len(self.mirrors),
+            "n_finished": run.n_finished,
+            "n_aborted": run.n_aborted,
+            "predictor": predictor_health(run.policy),
             "policy_class": f"{type(run.policy).__module__}.{type(run.policy).__qualname__}",
         }
         (run.sink / "sched_summary.json").write_text(json.dumps(summary))

@@ -15,6 +15,7 @@ request in ``multiprocess`` mode, where the engine core lives in its own process
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -38,9 +39,13 @@ from scheduler.live.driver import META_KEY, FifoPolicy
 from scheduler.live.replay import (
     LENGTH_MODES,
     PROMPT_SOURCES,
+    attach_partial,
+    client_fault_counts,
     merge_requests,
+    partial_requests,
     prepare_requests,
     read_sink,
+    read_sink_partial,
     read_steps,
     replay_async,
     replay_inprocess,
@@ -53,6 +58,9 @@ from scheduler.records import build_records
 logger = logging.getLogger("driftsched.live")
 
 PROCESS_MODES = ("inprocess", "multiprocess")
+SCHEDULER_IMPLS = ("driftsched", "vllm_fcfs", "vllm_priority")
+# vLLM's own priority scheduling (scheduler_impl=vllm_priority): lower is served sooner
+TIER_PRIORITY = {"premium": 0, "standard": 1, "batch": 2}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -64,6 +72,10 @@ class VllmEngineConfig:
     tiny: dict[str, Any] = field(default_factory=dict)  # TinyModelSpec fields for 'tiny'
     cache_dir: str | None = None  # where 'tiny' is built (default ~/.cache/driftsched)
     process_mode: str = "inprocess"  # inprocess (LLMEngine) | multiprocess (AsyncLLM)
+    # driftsched: our policy adapter (scheduler_cls); vllm_fcfs / vllm_priority: vLLM's STOCK
+    # scheduler with its own fcfs or priority (= tier rank) order, no adapter (baselines:
+    # the policy passed to run() is not used and the scheduler-side record fields are unknown)
+    scheduler_impl: str = "driftsched"
     max_num_seqs: int = 16  # running requests per step
     max_num_batched_tokens: int = 2048  # tokens per step (prefill chunks + decodes)
     enable_chunked_prefill: bool = True
@@ -103,6 +115,8 @@ class VllmEngineConfig:
 
         if self.process_mode not in PROCESS_MODES:
             raise bad("process_mode", f"one of {PROCESS_MODES}")
+        if self.scheduler_impl not in SCHEDULER_IMPLS:
+            raise bad("scheduler_impl", f"one of {SCHEDULER_IMPLS}")
         if self.length_mode not in LENGTH_MODES:
             raise bad("length_mode", f"one of {LENGTH_MODES}")
         if self.prompt_source not in PROMPT_SOURCES:
@@ -154,6 +168,66 @@ class VllmEngineConfig:
                 raise bad("tiny", f"fields of TinyModelSpec ({e})") from None
         if self.fallback_policy is not None and "_target_" not in self.fallback_policy:
             raise bad("fallback_policy", "null or a Hydra spec with '_target_'")
+
+
+STOCK_SCHED_FIELDS: dict[str, Any] = {
+    # what a stock-scheduler run records for the scheduler-side fields: not observed
+    "admitted_s": math.nan,
+    "num_preemptions": 0,
+    "n_policy_preemptions": 0,
+    "est_output_tokens": math.nan,
+    "est_output_p90": math.nan,
+    "est_remaining": math.nan,
+    "est_class": "",
+    "n_reclassified": 0,
+    "sched_key": math.nan,
+    "est_history": [],
+}
+
+
+class _WithPriority:
+    """The engine client with vLLM's ``priority`` argument added per request (stock
+    ``vllm_priority`` runs): ``LLMEngine.add_request`` and ``AsyncLLM.generate``."""
+
+    def __init__(self, inner: Any, priority: Mapping[str, int]) -> None:
+        self._inner = inner
+        self._priority = priority
+
+    def add_request(self, request_id: str, prompt: Any, params: Any, **kw: Any) -> Any:
+        return self._inner.add_request(
+            request_id, prompt, params, priority=self._priority[request_id], **kw
+        )
+
+    def generate(self, prompt: Any, params: Any, request_id: str, **kw: Any) -> Any:
+        return self._inner.generate(
+            prompt, params, request_id=request_id, priority=self._priority[request_id], **kw
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@contextlib.contextmanager
+def _hide_llvmlite() -> Any:
+    """Hide llvmlite's modules from ``sys.modules`` while vLLM starts an engine.
+
+    vLLM 0.32's CPU kernel-override scan (``vllm.triton_utils.dispatcher._rebind_kernels``)
+    calls ``vars(x).get`` on every attribute of every loaded module; llvmlite's ``ffi.lib``
+    (loaded with numba, e.g. by ``predictor.fast_trees`` once a LightGBM predictor has served)
+    answers ``vars()`` with a function wrapper, and the engine start dies with
+    ``AttributeError: '_lib_fn_wrapper' object has no attribute 'get'``: every in-process
+    engine started after a learned policy ran (the next job of a sweep) failed. Nothing is
+    unloaded: the same module objects are put back.
+    """
+    import sys
+
+    hidden = {n: m for n, m in sys.modules.items() if n == "llvmlite" or n.startswith("llvmlite.")}
+    for n in hidden:
+        del sys.modules[n]
+    try:
+        yield
+    finally:
+        sys.modules.update(hidden)
 
 
 def policy_spec(policy: Policy | Mapping[str, Any]) -> dict[str, Any]:
@@ -237,6 +311,11 @@ class VllmEngine:
         self.num_gpu_blocks: int = 0  # KV blocks vLLM allocated (its cache_config)
 
     @property
+    def stock(self) -> bool:
+        """Whether vLLM's stock scheduler serves (``scheduler_impl`` vllm_fcfs/vllm_priority)."""
+        return self.cfg.scheduler_impl != "driftsched"
+
+    @property
     def max_requests(self) -> int | None:
         """How many requests ``evaluate.py`` serves (the head of the workload)."""
         return self.cfg.max_requests
@@ -275,7 +354,7 @@ class VllmEngine:
             tensor_parallel_size=c.tensor_parallel_size,
             pipeline_parallel_size=c.pipeline_parallel_size,
             gpu_memory_utilization=c.gpu_memory_utilization,
-            scheduling_policy="priority",
+            scheduling_policy="fcfs" if c.scheduler_impl == "vllm_fcfs" else "priority",
             additional_config={META_KEY: {"fallback": c.fallback_policy}},
             disable_log_stats=True,
         )
@@ -314,18 +393,22 @@ class VllmEngine:
         from scheduler.live.adapter import scheduler_cls_for
 
         vcfg = self._engine_args().create_engine_config()
-        vcfg.scheduler_config.scheduler_cls = scheduler_cls_for(
-            vcfg.scheduler_config.async_scheduling
-        )
+        if not self.stock:  # stock: vLLM's own scheduler class, as vLLM resolved it
+            vcfg.scheduler_config.scheduler_cls = scheduler_cls_for(
+                vcfg.scheduler_config.async_scheduling
+            )
         self.max_model_len = int(vcfg.model_config.max_model_len)
         try:
-            if multiproc:
-                self._start_loop()
-                self._llm = self._call(self._make_async(vcfg))
-            else:
-                from vllm.v1.engine.llm_engine import LLMEngine
+            with _hide_llvmlite():
+                if multiproc:
+                    self._start_loop()
+                    self._llm = self._call(self._make_async(vcfg))
+                else:
+                    from vllm.v1.engine.llm_engine import LLMEngine
 
-                self._llm = LLMEngine.from_vllm_config(vcfg)
+                    self._llm = LLMEngine.from_vllm_config(vcfg)
+                    if not self.stock:  # the sink is flushed after each replay (_run)
+                        self.scheduler().drift_flush_when_idle = False
         except BaseException:
             self.close()
             raise
@@ -405,17 +488,30 @@ class VllmEngine:
         *,
         abort_after_tokens: Mapping[str, int] | None = None,
         policy_name: str | None = None,
+        faults: Any = None,
     ) -> EngineResult:
-        """Replay ``workload`` under ``policy``; see the module docstring."""
+        """Replay ``workload`` under ``policy``; see the module docstring.
+
+        ``faults``: a :class:`scheduler.faults.FaultPlan` (client aborts/disconnects, engine
+        death). If the replay fails (engine death, Ctrl-C) the exception carries the records so
+        far as ``partial_result`` (an ``EngineResult``; see ``replay.partial_requests``)."""
         df = workload_frame(workload)
         spec = None
-        if self.cfg.process_mode == "multiprocess" or isinstance(policy, Mapping):
+        if not self.stock and (
+            self.cfg.process_mode == "multiprocess" or isinstance(policy, Mapping)
+        ):
             spec = json.dumps(policy_spec(policy))  # fails here, before any engine starts
         owned = not self.is_open
         try:
             self.open()
             return self._run(
-                df, policy, spec, abort_after_tokens, policy_name, getattr(workload, "seed", None)
+                df,
+                policy,
+                spec,
+                abort_after_tokens,
+                policy_name,
+                getattr(workload, "seed", None),
+                faults,
             )
         finally:
             if owned:
@@ -429,7 +525,10 @@ class VllmEngine:
         abort_after_tokens: Mapping[str, int] | None,
         policy_name: str | None,
         seed: int | None,
+        faults: Any = None,
     ) -> EngineResult:
+        from scheduler.faults import plan_client_faults
+
         c = self.cfg
         reqs = requests_from_frame(df)
         prepared, clamp = prepare_requests(
@@ -445,13 +544,17 @@ class VllmEngine:
         run_id = uuid.uuid4().hex[:12]
         sink = self._sink_root() / run_id
         sink.mkdir(parents=True, exist_ok=True)
-        if spec is None:  # in-process with a policy object: hand it to the scheduler directly
+        if self.stock:
+            pass  # vLLM orders the queue itself: the policy is not used
+        elif spec is None:  # in-process with a policy object: hand it to the scheduler directly
             assert isinstance(policy, Policy)
             if c.prepare_policy:
                 policy.prepare([p.req for p in prepared])
             self.scheduler().drift.inject_policy(run_id, policy)
         name = policy_name or (
-            policy.name
+            c.scheduler_impl
+            if self.stock
+            else policy.name
             if isinstance(policy, Policy)
             else str(json.loads(spec)["_target_"]).rsplit(".", 1)[-1]
         )
@@ -464,15 +567,28 @@ class VllmEngine:
                 sink=str(sink),
                 policy_spec=spec,
                 send_prompt=c.send_prompt_text,
+                engine_faults=dataclasses.asdict(faults.engine)
+                if faults and faults.engine
+                else None,
             )
             for p in prepared
         ]
+        actions = plan_client_faults(
+            getattr(faults, "client", None),
+            [p.req.request_id for p in prepared],
+            [p.max_tokens for p in prepared],
+        )
+        llm = self._llm
+        if c.scheduler_impl == "vllm_priority":
+            llm = _WithPriority(
+                llm, {p.req.request_id: TIER_PRIORITY[p.req.tier] for p in prepared}
+            )
         wall = time.monotonic()
         bar = self._progress(len(prepared), name)
         try:
             if c.process_mode == "inprocess":
                 replay_inprocess(
-                    self._llm,
+                    llm,
                     prepared,
                     metas,
                     t0=t0,
@@ -481,11 +597,12 @@ class VllmEngine:
                     abort_after_tokens=abort_after_tokens,
                     timeout_s=c.run_timeout_s,
                     progress=bar,
+                    actions=actions,
                 )
             else:
                 self._call(
                     replay_async(
-                        self._llm,
+                        llm,
                         prepared,
                         metas,
                         t0=t0,
@@ -494,13 +611,23 @@ class VllmEngine:
                         abort_after_tokens=abort_after_tokens,
                         timeout_s=c.run_timeout_s,
                         progress=bar,
+                        actions=actions,
                     )
                 )
+        except BaseException as e:  # engine death, Ctrl-C: keep what was served so far
+            attach_partial(e, lambda exc=e: self._partial(prepared, sink, name, seed, exc))
+            raise
         finally:
             if bar is not None:
                 bar.close()
         wall = time.monotonic() - wall
-        sched = read_sink(sink, [p.req.request_id for p in prepared if not math.isnan(p.submit_s)])
+        if c.process_mode == "inprocess" and not self.stock:
+            self.scheduler().drift.flush()  # the run's last lines (idle flush is off in-process)
+        submitted = [p.req.request_id for p in prepared if not math.isnan(p.submit_s)]
+        if self.stock:  # no adapter, no sink: the client's view only
+            sched = {rid: dict(STOCK_SCHED_FIELDS) for rid in submitted}
+        else:
+            sched = read_sink(sink, submitted)
         final = merge_requests(prepared, sched)
         records = build_records(final, engine="vllm", policy=name, seed=seed)
         raw_steps = read_steps(sink)
@@ -511,6 +638,39 @@ class VllmEngine:
         if not c.keep_sink and c.sink_dir is None:
             shutil.rmtree(sink, ignore_errors=True)
         return EngineResult(records=records, steps=steps_table(raw_steps), meta=meta)
+
+    def _partial(
+        self, prepared: list, sink: Path, name: str, seed: int | None, exc: BaseException
+    ) -> EngineResult:
+        """The records of a run that failed mid-replay, in the simulator's partial-result form
+        (``scheduler.sim.engine.partial_result``): one row per request that had ended; requests
+        cut off in flight are left out and counted (with the tokens they received) in meta."""
+        if self.cfg.process_mode == "inprocess" and self.is_open:
+            with contextlib.suppress(Exception):
+                self.scheduler().drift.flush()  # step lines still buffered in this process
+        sched, torn = read_sink_partial(sink)
+        reqs, counts = partial_requests(prepared, sched)
+        cut = set(counts.pop("cut_off_ids"))
+        by_id = {p.req.request_id: p for p in prepared}
+        ended = [r for r in reqs if r.request_id not in cut]
+        records = build_records(ended, engine="vllm", policy=name, seed=seed)
+        records.attrs["incomplete"] = True
+        meta = {
+            "engine": "vllm",
+            "policy": name,
+            "incomplete": True,
+            "error": f"{type(exc).__name__}: {exc}",
+            "unfinished_requests": len(prepared) - len(ended),
+            "partial": counts,
+            "cut_off_tokens": {rid: len(by_id[rid].token_times) for rid in sorted(cut)},
+            "torn_sink_lines": torn,
+            "client_faults": client_fault_counts(prepared),
+        }
+        try:
+            steps = steps_table(read_steps(sink))
+        except Exception:  # a torn last step line (Ctrl-C mid-write): keep the records
+            steps = steps_table(pd.DataFrame())
+        return EngineResult(records=records, steps=steps, meta=meta)
 
     def _progress(self, total: int, name: str) -> Any:
         """Finished-request progress (quiet in CI logs: report.progress); None when off."""
@@ -581,6 +741,7 @@ class VllmEngine:
         return {
             "engine": "vllm",
             "policy": name,
+            "scheduler_impl": self.cfg.scheduler_impl,
             "run_id": run_id,
             "model": self.cfg.model,
             "model_dir": str(self.model_dir),
@@ -600,6 +761,8 @@ class VllmEngine:
             "n_steps": len(raw_steps),
             "policy_us_per_step": _percentiles(pol),
             "policy_faults": int(summary.get("faults", 0)),
+            "predictor": summary.get("predictor"),  # guard / injected-fault counts
+            "client_faults": client_fault_counts(prepared),
             "policy_fault_messages": summary.get("fault_messages", []),
             "live_policy_state_after_run": summary.get("live_requests"),
             "submit_lag_s": _percentiles(lag),
@@ -654,7 +817,8 @@ def steps_table(raw: pd.DataFrame) -> pd.DataFrame:
 
     Live-only columns: ``exec_s`` (model time), ``sched_s``, ``update_s``, ``gap_s`` (to the
     next step's start), ``busy``, ``policy_us``, ``kv_read_tokens`` (context attended, the
-    cost model's ``kv_tokens``), ``prefill_pairs``, ``prefill_seqs``.
+    cost model's ``kv_tokens``), ``prefill_pairs``, ``prefill_seqs``, ``policy_cpu_us`` and
+    ``cpu_s`` (the policy's and the whole step's CPU time on the engine thread).
     """
     from data.schema import TIERS
 
@@ -689,6 +853,8 @@ def steps_table(raw: pd.DataFrame) -> pd.DataFrame:
     out["gap_s"] = gap.astype("float64")
     out["busy"] = busy.astype(bool)
     out["policy_us"] = raw["policy_us"].astype("float64")
+    for col in ("policy_cpu_us", "cpu_s"):  # thread CPU time (absent in older sink lines)
+        out[col] = raw[col].astype("float64") if col in raw else np.nan
     out["kv_read_tokens"] = raw["kv_tokens"].astype("int64")
     out["prefill_pairs"] = raw["prefill_pairs"].astype("float64")
     out["prefill_seqs"] = raw["prefill_seqs"].astype("int64")

@@ -13,6 +13,19 @@ side (admission, preemptions, estimates) comes from the scheduler's sink files. 
 request ends as ``finished`` or ``aborted``; a request the sink does not report within a
 timeout is an error naming it (nothing is silently lost).
 
+Client faults (``actions``, planned by :func:`scheduler.faults.plan_client_faults`): a request
+may be aborted through the engine's abort API after a number of tokens or a time after its
+submission (so also while it still waits), or its consumer may disconnect mid-stream (the
+``AsyncLLM`` stream is closed or its task cancelled without an abort: vLLM aborts it itself;
+in process the client aborts it, as a server does for a dropped connection). Either way the
+request is recorded as ``aborted`` with the tokens it received.
+
+When the replay itself fails (the engine dies, Ctrl-C), :func:`partial_requests` turns what the
+client and the scheduler's sink saw so far into records: requests that ended keep their status,
+requests cut off in flight are ``aborted`` with their partial token counts (``cut_off``), and
+the caller attaches them to the exception (:func:`attach_partial`) for ``evaluate.py`` to write
+marked incomplete.
+
 Lengths (:func:`prepare_requests`): in ``trace`` mode ``max_tokens`` is the true output length
 with ``ignore_eos=True`` (the scheduler only ever sees predictions); in ``natural`` mode the
 model stops by itself (EOS) or at the row's ``max_tokens`` cap. Prompts are the row's text
@@ -24,10 +37,12 @@ model's context are clamped explicitly and counted (:class:`ClampReport`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +50,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from scheduler.faults import ClientAction
 from scheduler.live.driver import META_KEY, SINK_REQUESTS, SINK_STEPS
 from scheduler.request import SchedRequest, Status
+
+logger = logging.getLogger("driftsched.live")
 
 LENGTH_MODES = ("trace", "natural")
 PROMPT_SOURCES = ("auto", "text", "synthetic")
@@ -156,7 +174,14 @@ def prepare_requests(
 
 
 def request_metadata(
-    p: Prepared, *, run_id: str, t0: float, sink: str, policy_spec: str | None, send_prompt: bool
+    p: Prepared,
+    *,
+    run_id: str,
+    t0: float,
+    sink: str,
+    policy_spec: str | None,
+    send_prompt: bool,
+    engine_faults: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What travels with the request to the engine's scheduler (JSON-able)."""
     r = p.req
@@ -176,6 +201,8 @@ def request_metadata(
     meta = {"run": run_id, "t0": t0, "sink": sink, "row": row}
     if policy_spec is not None:
         meta["policy"] = policy_spec
+    if engine_faults:
+        meta["faults"] = dict(engine_faults)  # scheduler.faults.EngineFaults fields
     return {META_KEY: meta}
 
 
@@ -214,12 +241,15 @@ def replay_inprocess(
     abort_after_tokens: Mapping[str, int] | None = None,
     timeout_s: float | None = None,
     progress: Any | None = None,
+    actions: Mapping[str, ClientAction] | None = None,
 ) -> None:
     """Drive an in-process ``LLMEngine``: add due requests, step, record token times.
 
-    ``progress`` (a :class:`report.progress.Progress`) counts finished requests."""
+    ``progress`` (a :class:`report.progress.Progress`) counts finished requests; ``actions``
+    are injected client faults (module docstring)."""
     by_id = {p.req.request_id: p for p in prepared}
-    abort_after = dict(abort_after_tokens or {})
+    acts = _actions(abort_after_tokens, actions)
+    timed: list[tuple[float, str]] = []  # (due time s since t0, request id), time-based actions
     i = 0
     n = len(prepared)
     while True:
@@ -232,7 +262,15 @@ def replay_inprocess(
                 sampling_params(p, metas[i], seed=seed, greedy=greedy),
             )
             p.submit_s = time.monotonic() - t0
+            act = acts.get(p.req.request_id)
+            if act is not None and act.after_s is not None:
+                timed.append((p.submit_s + act.after_s, p.req.request_id))
             i += 1
+        if timed:
+            due = [rid for t, rid in timed if t <= now]
+            if due:
+                timed = [(t, rid) for t, rid in timed if t > now]
+                _abort_inprocess(engine, [by_id[rid] for rid in due], acts)
         if not engine.has_unfinished_requests():
             if i >= n:
                 break
@@ -256,13 +294,42 @@ def replay_inprocess(
             _record_output(p, o, t)
             if progress is not None and p.finished:
                 progress.update(1)
-            lim = abort_after.get(p.req.request_id)
-            if lim is not None and not p.finished and len(p.token_times) >= lim:
-                to_abort.append(p.req.request_id)
+            act = acts.get(p.req.request_id)
+            if (
+                act is not None
+                and act.after_tokens is not None
+                and not p.finished
+                and len(p.token_times) >= act.after_tokens
+            ):
+                to_abort.append(p)
         if to_abort:
-            engine.abort_request(to_abort)
-            for rid in to_abort:
-                by_id[rid].aborted, by_id[rid].finish_reason = True, "client_abort"
+            _abort_inprocess(engine, to_abort, acts)
+
+
+def _actions(
+    abort_after_tokens: Mapping[str, int] | None, actions: Mapping[str, ClientAction] | None
+) -> dict[str, ClientAction]:
+    out = {
+        rid: ClientAction("abort", after_tokens=int(k))
+        for rid, k in (abort_after_tokens or {}).items()
+    }
+    out.update(actions or {})
+    return out
+
+
+def _reason(act: ClientAction | None) -> str:
+    return "client_disconnect" if act is not None and act.kind == "disconnect" else "client_abort"
+
+
+def _abort_inprocess(engine: Any, ps: list[Prepared], acts: Mapping[str, ClientAction]) -> None:
+    """Abort through ``LLMEngine.abort_request`` (a disconnect is noticed and aborted the same
+    way by an in-process server); requests that already ended are left alone."""
+    live = [p for p in ps if not (p.finished or p.aborted)]
+    if not live:
+        return
+    engine.abort_request([p.req.request_id for p in live])
+    for p in live:
+        p.aborted, p.finish_reason = True, _reason(acts.get(p.req.request_id))
 
 
 async def replay_async(
@@ -276,13 +343,19 @@ async def replay_async(
     abort_after_tokens: Mapping[str, int] | None = None,
     timeout_s: float | None = None,
     progress: Any | None = None,
+    actions: Mapping[str, ClientAction] | None = None,
 ) -> None:
-    """Drive an ``AsyncLLM``: one task per request, started at its arrival time."""
-    abort_after = dict(abort_after_tokens or {})
+    """Drive an ``AsyncLLM``: one task per request, started at its arrival time.
+
+    Client faults (``actions``): an abort calls ``AsyncLLM.abort``; a disconnect closes the
+    stream (token-triggered) or cancels the consumer task (time-triggered) without aborting,
+    so vLLM's own disconnect path aborts the request."""
+    acts = _actions(abort_after_tokens, actions)
 
     async def consume(p: Prepared, meta: dict[str, Any]) -> None:
         rid = p.req.request_id
-        lim = abort_after.get(rid)
+        act = acts.get(rid)
+        lim = act.after_tokens if act is not None else None
         p.submit_s = time.monotonic() - t0
         gen = llm.generate(
             {"prompt_token_ids": p.prompt_ids},
@@ -291,37 +364,76 @@ async def replay_async(
         )
         try:
             async for o in gen:
+                if p.aborted:  # a time-triggered abort already ended it for the client
+                    break
                 _record_output(p, o, time.monotonic() - t0)
                 if lim is not None and not p.finished and len(p.token_times) >= lim:
-                    p.aborted, p.finish_reason = True, "client_abort"
-                    await llm.abort(rid)
-                    break
+                    p.aborted, p.finish_reason = True, _reason(act)
+                    if act.kind == "abort":
+                        await llm.abort(rid)
+                    break  # a disconnect: aclose() below makes vLLM abort it
+        except asyncio.CancelledError:
+            if p.finish_reason not in ("client_abort", "client_disconnect"):
+                raise  # the run's timeout, or the run itself is being cancelled
         finally:
             await gen.aclose()
-            if progress is not None and p.finished:
+            if progress is not None and p.finished and not p.aborted:
                 progress.update(1)
 
+    async def fire(p: Prepared, task: asyncio.Task, act: ClientAction) -> None:
+        await asyncio.sleep(act.after_s or 0.0)
+        if p.finished or p.aborted or task.done():
+            return
+        p.aborted, p.finish_reason = True, _reason(act)
+        if act.kind == "abort":
+            await llm.abort(p.req.request_id)
+        task.cancel()  # the consumer goes away (a disconnect: vLLM aborts on the cancel)
+
     tasks = []
+    timers = []
     for p, meta in zip(prepared, metas):
         if timeout_s is not None and p.req.arrival_s > timeout_s:
             p.aborted, p.finish_reason = True, "timeout_unsubmitted"
             continue
+        if any(t.done() and not t.cancelled() and t.exception() for t in tasks):
+            break  # the engine failed: stop submitting (the failure is raised below)
         delay = t0 + p.req.arrival_s - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(consume(p, meta)))
-    if timeout_s is None:
-        await asyncio.gather(*tasks)
+        task = asyncio.create_task(consume(p, meta))
+        tasks.append(task)
+        act = acts.get(p.req.request_id)
+        if act is not None and act.after_s is not None:
+            timers.append(asyncio.create_task(fire(p, task, act)))
+    try:
+        await _finish_async(tasks, prepared, t0, timeout_s)
+    finally:
+        for tm in timers:
+            tm.cancel()
+        if timers:
+            await asyncio.wait(timers)
+
+
+async def _finish_async(
+    tasks: list[asyncio.Task], prepared: list[Prepared], t0: float, timeout_s: float | None
+) -> None:
+    """Wait for the consumers (up to the run timeout); re-raise the first real failure (e.g.
+    vLLM's ``EngineDeadError``). A consumer the client cancelled on purpose (a disconnect
+    before its first step) is not a failure."""
+    if not tasks:
         return
-    remaining = max(0.0, t0 + timeout_s - time.monotonic())
-    _done, pending = await asyncio.wait(tasks, timeout=remaining)
+    remaining = None if timeout_s is None else max(0.0, t0 + timeout_s - time.monotonic())
+    done, pending = await asyncio.wait(tasks, timeout=remaining)
     for task in pending:
         task.cancel()  # generate() aborts the request in the engine when cancelled
-    for p in prepared:
-        if not (p.finished or p.aborted):
-            p.aborted, p.finish_reason = True, "timeout"
     if pending:
+        for p in prepared:
+            if not (p.finished or p.aborted):
+                p.aborted, p.finish_reason = True, "timeout"
         await asyncio.wait(pending)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()
 
 
 # ------------------------------------------------------------------------------------ results
@@ -393,4 +505,78 @@ def merge_requests(prepared: list[Prepared], sched: dict[str, dict]) -> list[Sch
         r.sched_key = float(s["sched_key"])
         r.est_history = [(float(a), int(b), float(c)) for a, b, c in s["est_history"]]
         out.append(r)
+    return out
+
+
+# ------------------------------------------------------------------------------------ failures
+def read_sink_partial(sink: Path) -> tuple[dict[str, dict], int]:
+    """Every readable per-request line of a broken run (no waiting); torn lines are counted,
+    not fatal (Ctrl-C may interrupt the scheduler mid-write)."""
+    got: dict[str, dict] = {}
+    torn = 0
+    path = sink / SINK_REQUESTS
+    if path.is_file():
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    got[str(row["request_id"])] = row
+                except (ValueError, KeyError, TypeError):
+                    torn += 1
+    return got, torn
+
+
+def partial_requests(
+    prepared: list[Prepared], sched: Mapping[str, dict]
+) -> tuple[list[SchedRequest], dict[str, Any]]:
+    """Final states of the requests a broken run submitted, and counts (module docstring).
+
+    A request the scheduler reported keeps its fields and its client-side status; one it did
+    not report (in flight when the run broke) is ``aborted`` with the tokens the client
+    received (``cut_off``). Requests never submitted are not records."""
+    counts: dict[str, Any] = dict.fromkeys(
+        ("submitted", "finished", "aborted", "cut_off", "not_submitted"), 0
+    )
+    cut: list[str] = []
+    out = []
+    for p in prepared:
+        if math.isnan(p.submit_s):
+            counts["not_submitted"] += 1
+            continue
+        counts["submitted"] += 1
+        r = p.req
+        if r.request_id in sched:
+            (r,) = merge_requests([p], {r.request_id: sched[r.request_id]})
+            counts["finished" if r.status is Status.FINISHED else "aborted"] += 1
+        else:
+            r.status = Status.ABORTED
+            r.num_output_tokens = len(p.token_times)
+            r.first_token_s = p.token_times[0] if p.token_times else math.nan
+            r.finish_s = math.nan
+            counts["cut_off"] += 1
+            cut.append(r.request_id)
+        out.append(r)
+    counts["cut_off_ids"] = cut
+    return out, counts
+
+
+def attach_partial(exc: BaseException, build: Callable[[], Any]) -> None:
+    """Set ``exc.partial_result = build()`` for ``evaluate.py`` to write; never masks ``exc``
+    (a failure to build is noted as ``exc.partial_error``)."""
+    try:
+        exc.partial_result = build()  # type: ignore[attr-defined]
+    except Exception as e:  # the original failure matters more than its partial records
+        logger.warning("driftsched: could not keep the partial records of a failed run: %r", e)
+        with contextlib.suppress(Exception):
+            exc.partial_error = f"{type(e).__name__}: {e}"  # type: ignore[attr-defined]
+
+
+def client_fault_counts(prepared: list[Prepared]) -> dict[str, int]:
+    """How the client ended requests on purpose (aborts, disconnects, timeouts), by reason."""
+    out: dict[str, int] = {}
+    for p in prepared:
+        if p.aborted and p.finish_reason:
+            out[p.finish_reason] = out.get(p.finish_reason, 0) + 1
     return out

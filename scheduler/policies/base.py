@@ -27,10 +27,17 @@ Optional extensions (defaults keep the contract above; engines may ignore them):
 * ``prepare(requests)``: called once before serving with every request the engine will serve,
   so a policy can batch admission-time work (featurising prompts) over the whole trace. It may
   use admission-time fields only; a policy must also work without it (live arrivals).
+* ``fast_forward_horizon(running, waiting, now)``: for how many engine steps, counting the
+  current one, the policy's decisions stay valid while nothing happens but decode progress
+  (+1 token per running request per step) and time (no arrival, finish, admission or
+  preemption). The simulator may then skip ``on_step``/``preempt`` for the remaining steps and
+  simulate them in bulk (decode fast-forward). Default: 1 (call the hooks every step) for a
+  policy that uses ``on_step`` or overrides ``preempt``, unbounded otherwise.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
@@ -84,6 +91,16 @@ class Policy(ABC):
         """The waiting queue in admission order (ascending ``(key, arrival_s, index)``)."""
         key = self.key
         return sorted(waiting, key=lambda r: (key(r, now), r.arrival_s, r.index))
+
+    def fast_forward_horizon(
+        self, running: Sequence[SchedRequest], waiting: Sequence[SchedRequest], now: float
+    ) -> float:
+        """Steps (>= 1, counting this one) for which this step's hook decisions stay valid if
+        only decode progress and time change (see the module doc). Returns ``math.inf`` when
+        the policy has no per-step hooks, else 1 (no skipping)."""
+        if self.uses_step_hook or type(self).preempt is not Policy.preempt:
+            return 1
+        return math.inf
 
     def describe(self) -> dict[str, object]:
         """Flat parameters for logs and summaries."""

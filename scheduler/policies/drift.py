@@ -25,6 +25,16 @@ Per request, in batched hooks only (``key`` just reads ``sched_key``):
 
 If the predictor raises or returns NaN it logs once and the calibrated heuristic takes over
 (``scheduler.policies.estimates``); missing artifacts raise, naming ``python train.py``.
+
+Cost per engine step (docs/BENCHMARKS.md section 2): no scan of the running batch. Requests the
+engine preempted for memory are found only when the running set changed size without a hook
+(every other change comes through ``on_admit``/``on_finish``/``on_abort``/``preempt``); the
+voluntary-preemption victim comes from a lazy max-heap of eligible running requests keyed by
+``sched_key`` (ties: the earliest admitted, as ``max`` over the engine's running list), whose
+stale entries are dropped when they reach the top. Same schedule as scanning every step
+(``tests/scheduler/test_policies.py``); *when* re-prediction happens is unchanged (progress
+thresholds ``min_delta_tokens``/``rel_delta``, checked every ``repredict_every`` steps), and the
+batched drift-model call is what remains of the per-step cost.
 """
 
 from __future__ import annotations
@@ -40,11 +50,6 @@ from data.schema import TIERS
 from scheduler.policies.base import Policy
 from scheduler.policies.estimates import LearnedLengths
 from scheduler.request import SchedRequest, Status, runtime_class
-
-
-def _sched_key(r: SchedRequest) -> float:
-    return r.sched_key
-
 
 URGENT_OFFSET = -1e12  # urgent keys: URGENT_OFFSET + deadline (EDF, ahead of every score)
 DEFAULT_TTFT_SLO_S: dict[str, float] = {"premium": 1.0, "standard": 5.0, "batch": 60.0}
@@ -117,6 +122,14 @@ class DriftPolicy(Policy):
         self._wait_heap: list[tuple[float, int, int]] = []  # (key, index, version) of waiting
         self._ver: dict[int, int] = {}
         self._changed: list[SchedRequest] = []
+        # Running requests eligible for voluntary preemption, as a lazy max-heap of
+        # (-sched_key, admission sequence, index): an entry is valid while the request still
+        # runs with that key (checked when it reaches the top), so the victim is found in
+        # O(log n) amortised instead of a scan of the running batch every step. The admission
+        # sequence breaks ties as ``max`` over the engine's running list (admission order) did.
+        self._victims: list[tuple[float, int, int]] = []
+        self._seq: dict[int, int] = {}  # index -> admission sequence number
+        self._next_seq = 0
         self._prev_step = float("-inf")  # start time of the previous step
         self._now = float("-inf")
         self._step = 0
@@ -142,11 +155,63 @@ class DriftPolicy(Policy):
             r.sched_key = self._score(r, p50, p90)
         g = r.num_output_tokens
         self._next_update[r.index] = g + max(self.min_delta_tokens, int(self.rel_delta * g))
+        if r.index in self._running:
+            self._push_victim(r)
 
     def _push_waiting(self, r: SchedRequest) -> None:
         v = self._ver.get(r.index, 0) + 1
         self._ver[r.index] = v
         heapq.heappush(self._wait_heap, (r.sched_key, r.index, v))
+
+    def _push_victim(self, r: SchedRequest) -> None:
+        if r.num_preemptions < self.max_preemptions and r.index not in self._urgent:
+            heapq.heappush(self._victims, (-r.sched_key, self._seq[r.index], r.index))
+            if len(self._victims) > 4 * len(self._running) + 256:
+                self._compact_victims()
+
+    def _compact_victims(self) -> None:
+        # stale entries below the top are never popped: rebuild from the running set
+        # (O(running), amortised over >= 3 * running pushes)
+        self._victims = [
+            (-r.sched_key, self._seq[i], i)
+            for i, r in self._running.items()
+            if r.status is Status.RUNNING
+            and r.num_preemptions < self.max_preemptions
+            and i not in self._urgent
+        ]
+        heapq.heapify(self._victims)
+
+    def _top_victims(self, k: int) -> list[SchedRequest]:
+        """The (up to) ``k`` eligible running requests with the largest keys (ties: the
+        earliest admitted), popping stale entries; the returned ones stay in the heap."""
+        h, run = self._victims, self._running
+        out: list[SchedRequest] = []
+        taken: list[tuple[float, int, int]] = []
+        while h and len(out) < k:
+            e = h[0]
+            r = run.get(e[2])
+            if (
+                r is None
+                or r.status is not Status.RUNNING
+                or self._seq.get(e[2]) != e[1]
+                or r.num_preemptions >= self.max_preemptions
+                or e[2] in self._urgent
+            ):
+                heapq.heappop(h)  # finished, preempted or no longer eligible: never again
+                continue
+            if -e[0] != r.sched_key:  # key changed outside _set (e.g. fallback keys): re-push
+                heapq.heapreplace(h, (-r.sched_key, e[1], e[2]))
+                continue
+            if k == 1:
+                return [r]  # the common case: peek, nothing to restore
+            heapq.heappop(h)
+            if taken and taken[-1] == e:
+                continue  # duplicate entry (the key went back to an earlier value)
+            taken.append(e)
+            out.append(r)
+        for e in taken:
+            heapq.heappush(h, e)
+        return out
 
     def key(self, request: SchedRequest, now: float) -> float:
         return request.sched_key
@@ -160,27 +225,47 @@ class DriftPolicy(Policy):
         self.lengths.featurize(requests)
 
     def on_arrival(self, requests: Sequence[SchedRequest], now: float) -> None:
-        adm = self.lengths.admission(requests)
-        for r, (p50, p90) in zip(requests, adm):
+        adm = np.asarray(self.lengths.admission(requests), dtype=np.float64)
+        for r, row, (p50, p90) in zip(requests, adm, adm.tolist()):
             self._reqs[r.index] = r
-            self._adm[r.index] = np.array([p50, p90])
-            r.est_output_tokens = float(p50)
-            r.est_output_p90 = float(p90)
-            self._set(r, float(p50), float(p90), now)
+            self._adm[r.index] = row
+            r.est_output_tokens = p50
+            r.est_output_p90 = p90
+            self._set(r, p50, p90, now)
             heapq.heappush(self._promo, (r.arrival_s + self._urgent_after[r.tier], r.index))
             self._push_waiting(r)
 
     def on_admit(self, requests: Sequence[SchedRequest], now: float) -> None:
         for r in requests:
-            self._running[r.index] = r
+            self._adopt(r)
+
+    def _adopt(self, r: SchedRequest) -> None:
+        self._running[r.index] = r
+        self._seq[r.index] = self._next_seq
+        self._next_seq += 1
+        self._push_victim(r)
+
+    def _reconcile(self, running: Sequence[SchedRequest]) -> None:
+        """Our running set differs from the engine's: requests it preempted for memory (they
+        left ``running`` without a hook) go back to the waiting heap; running requests we never
+        saw admitted (a policy that took over a live run) are adopted."""
+        for idx in [i for i, r in self._running.items() if r.status is Status.WAITING]:
+            self._push_waiting(self._running.pop(idx))
+        if len(self._running) != len(running):
+            for r in running:
+                if r.index not in self._running and r.index in self._reqs:
+                    self._adopt(r)
 
     def on_step(
         self, running: Sequence[SchedRequest], waiting: Sequence[SchedRequest], now: float
     ) -> None:
         self._prev_step, self._now = self._now, now
-        # requests preempted since the last step: back into our view of the waiting queue
-        for idx in [i for i, r in self._running.items() if r.status is Status.WAITING]:
-            self._push_waiting(self._running.pop(idx))
+        # requests preempted for memory since the last step: back into our view of the waiting
+        # queue. Every other change of the running set comes through a hook (on_admit,
+        # on_finish, on_abort, our own preempt), so the sets can only differ in size after such
+        # a preemption: compare sizes (O(1)) instead of scanning the batch every step.
+        if len(self._running) != len(running):
+            self._reconcile(running)
         # guards: waiting requests past their tier's urgency time become urgent (EDF)
         promo = self._promo
         while promo and promo[0][0] <= now:
@@ -208,8 +293,8 @@ class DriftPolicy(Policy):
         if todo:
             adm = np.stack([self._adm[r.index] for r in todo])
             rem = self.lengths.remaining(todo, adm)
-            for r, (p50, p90) in zip(todo, rem):
-                self._set(r, float(p50), float(p90), now)
+            for r, (p50, p90) in zip(todo, rem.tolist()):  # floats, not numpy row views
+                self._set(r, p50, p90, now)
 
     def _best_waiting(self) -> SchedRequest | None:
         h = self._wait_heap
@@ -230,17 +315,9 @@ class DriftPolicy(Policy):
         cand = self._best_waiting()
         if cand is None or cand.arrival_s > self._prev_step:
             return []  # only requests that already missed an admission round
-        eligible = [
-            r
-            for r in running
-            if r.num_preemptions < self.max_preemptions and r.index not in self._urgent
-        ]
-        if not eligible:
+        victims = self._top_victims(self.max_preempt_per_step)
+        if not victims:
             return []
-        if self.max_preempt_per_step == 1:
-            victims = [max(eligible, key=_sched_key)]
-        else:
-            victims = heapq.nlargest(self.max_preempt_per_step, eligible, key=_sched_key)
         out: list[SchedRequest] = []
         urgent = self.urgent_preempt and cand.index in self._urgent
         for v in victims:
@@ -263,11 +340,19 @@ class DriftPolicy(Policy):
         self._forget(requests)
 
     def on_abort(self, requests: Sequence[SchedRequest], now: float) -> None:
+        self.lengths.forget(requests)  # features of aborted requests would leak otherwise
         self._forget(requests)
 
     def _forget(self, requests: Sequence[SchedRequest]) -> None:
         for r in requests:
-            for d in (self._adm, self._next_update, self._reqs, self._running, self._ver):
+            for d in (
+                self._adm,
+                self._next_update,
+                self._reqs,
+                self._running,
+                self._ver,
+                self._seq,
+            ):
                 d.pop(r.index, None)
             self._urgent.discard(r.index)
 

@@ -14,6 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -115,6 +116,7 @@ class LearnedLengths:
         self.failed: str | None = None  # first predictor error; set -> heuristic from then on
         self._x: dict[int, np.ndarray] = {}
         self._raw: dict[int, np.ndarray] = {}
+        self._text: dict[int, Any] = {}  # index -> PartialText (drift models that read text)
 
     @property
     def has_drift(self) -> bool:
@@ -160,14 +162,35 @@ class LearnedLengths:
         raw = np.stack([self._raw[r.index] for r in requests])
         return raw if self.recal is None else self.recal.adjust(self._groups(requests), raw)
 
+    def _partial_texts(self, requests: Sequence[SchedRequest]) -> list[str | None] | None:
+        """Partial output text of each request (first ``num_output_tokens`` tokens of a
+        replayed trace's ``output_text``), cached incrementally; None if the model reads none."""
+        if not getattr(self.predictor, "reads_text", False):
+            return None
+        if not any(getattr(r, "output_text", None) for r in requests):
+            return None
+        from predictor.text_progress import PartialText
+
+        out: list[str | None] = []
+        for r in requests:
+            p = self._text.get(r.index)
+            if p is None:
+                p = self._text[r.index] = PartialText(getattr(r, "output_text", None))
+            out.append(p.at(r.num_output_tokens))
+        return out
+
     def remaining(self, requests: Sequence[SchedRequest], admission: np.ndarray) -> np.ndarray:
         """(n, 2) (p50, p90) of tokens still to come given ``num_output_tokens`` generated."""
         gen = np.array([r.num_output_tokens for r in requests], dtype=np.float64)
         if self.has_drift:
             try:
                 X = np.stack([self._x[r.index] for r in requests])
+                texts = self._partial_texts(requests)
                 rem = np.asarray(
-                    self.predictor.predict_remaining(X, admission, gen), dtype=np.float64
+                    self.predictor.predict_remaining(X, admission, gen)
+                    if texts is None
+                    else self.predictor.predict_remaining(X, admission, gen, texts),
+                    dtype=np.float64,
                 )
                 if rem.shape != (len(requests), 2) or not np.isfinite(rem).all():
                     raise ValueError(
@@ -186,15 +209,21 @@ class LearnedLengths:
     def observe(self, requests: Sequence[SchedRequest]) -> None:
         """Finished requests: update the recalibration and the heuristic's history."""
         self.heuristic.observe(requests)
-        if self.recal is None or self.failed is not None:
-            return
-        done = [r for r in requests if r.index in self._raw and r.num_output_tokens > 0]
-        if done:
-            self.recal.update(
-                self._groups(done),
-                [r.num_output_tokens for r in done],
-                np.stack([self._raw[r.index] for r in done]),
-            )
+        if self.recal is not None and self.failed is None:
+            done = [r for r in requests if r.index in self._raw and r.num_output_tokens > 0]
+            if done:
+                self.recal.update(
+                    self._groups(done),
+                    [r.num_output_tokens for r in done],
+                    np.stack([self._raw[r.index] for r in done]),
+                )
+        # always: per-request state of finished requests must not outlive them (it leaked
+        # without recalibration or after a predictor failure)
+        self.forget(requests)
+
+    def forget(self, requests: Sequence[SchedRequest]) -> None:
+        """Aborted requests: drop their features and raw predictions (nothing to learn)."""
         for r in requests:
             self._raw.pop(r.index, None)
             self._x.pop(r.index, None)
+            self._text.pop(r.index, None)

@@ -42,6 +42,9 @@ class SJFPolicy(Policy):
     def on_finish(self, requests: Sequence[SchedRequest], now: float) -> None:
         self.lengths.observe(requests)
 
+    def on_abort(self, requests: Sequence[SchedRequest], now: float) -> None:
+        self.lengths.forget(requests)  # features of aborted requests would leak otherwise
+
     def key(self, request: SchedRequest, now: float) -> float:
         return request.sched_key
 

@@ -22,8 +22,23 @@ One loop iteration is one engine step (vLLM v1 ``Scheduler.schedule`` + one forw
 requests are collected for at most ``microbatch_window_s`` and run as one batch; the next batch
 starts only when the slowest request of the previous one has finished.
 
+Decode fast-forward (``fast_forward=True``, the default): while every running request is
+decoding and nothing can be admitted or preempted, a step changes only time, one token per
+request and the KV blocks of the requests whose context crosses a block boundary -- all
+predictable. The engine then keeps aggregates over the running set (finish step of each request
+in a heap, block demand per step by ``g mod block_size``, summed context, tier counts) and
+simulates such steps in O(1) each, in windows that end at the next arrival, finish, block
+shortage or the policy's ``fast_forward_horizon``; steps that also admit requests aggregate the
+decoders and handle only the admissions one by one. Running requests' token fields are brought
+up to date before any policy callback the policy overrides, general step or observer call. Step
+times come from the same ``step_time`` arguments (a ``LinearCostModel`` is evaluated inline with
+the same floating-point operations), so records and step tables are bit-identical to
+``fast_forward=False`` (tests/scheduler/test_sim_fast_forward.py). An ``observer`` is called every
+step and disables fast-forward unless it sets ``fast_forward_ok = True``.
+
 The engine keeps no state between runs and uses no randomness: the same workload and policy give
-identical records.
+identical records. If a run raises, the exception carries the records of the requests that had
+ended (:func:`partial_result`).
 """
 
 from __future__ import annotations
@@ -35,13 +50,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from data.schema import TIERS
-from scheduler.engine import STEP_COLUMNS, EngineResult, requests_from_frame, workload_frame
+from scheduler.engine import EngineResult, requests_from_frame, workload_frame
 from scheduler.policies.base import Policy
-from scheduler.records import build_records
 from scheduler.request import SchedRequest, Status
+from scheduler.sim.columns import StepColumns, records_frame
 from scheduler.sim.cost import LinearCostModel, accepts_prefill_seqs
 from scheduler.sim.profiles import build_profile
 
@@ -85,6 +99,7 @@ class SimEngine:
         cost: LinearCostModel | None = None,
         capacity_sample: int = 2000,
         observer: Callable[[SimState], None] | None = None,
+        fast_forward: bool = True,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown sim mode {mode!r}; expected one of {list(MODES)}")
@@ -112,6 +127,7 @@ class SimEngine:
         self.microbatch_window_s = float(microbatch_window_s)
         self.capacity_sample = int(capacity_sample)
         self.observer = observer
+        self.fast_forward = bool(fast_forward)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -160,8 +176,39 @@ class SimEngine:
 
     # ------------------------------------------------------------------ run
     def run(self, workload: Any, policy: Policy) -> EngineResult:
+        """Serve the workload (module docstring). If the policy (or anything else) raises mid-run,
+        the exception propagates unchanged with the records of the requests that had ended so far
+        attached as ``exc.partial_result`` (see :func:`partial_result`)."""
         df = workload_frame(workload)
         reqs = requests_from_frame(df)
+        seed = getattr(workload, "seed", None)
+        cols = StepColumns()
+        stats = {
+            "preemptions": 0,
+            "policy_preemptions": 0,
+            "recomputed_tokens": 0,
+            "computed_tokens": 0,
+            "aborted": 0,
+            "fast_forward_windows": 0,  # decode fast-forward windows (engine bookkeeping)
+            "fast_forward_steps": 0,  # steps simulated inside them
+            "aggregate_steps": 0,  # single steps with decodes aggregated (admissions, finishes)
+        }
+        try:
+            now, step = self._serve(reqs, policy, cols, stats)
+        except BaseException as e:  # KeyboardInterrupt too: keep what ended so far
+            _attach_partial(e, reqs, cols, stats, self, policy, seed)
+            raise
+        steps = cols.frame()
+        del cols  # (the step arrays: hundreds of MB at a million requests)
+        records = records_frame(reqs, engine=self.name, policy=policy.name, seed=seed)
+        meta = {**self.describe(), **stats, "steps": step, "makespan_s": now, "policy": policy.name}
+        return EngineResult(records=records, steps=steps, meta=meta)
+
+    def _serve(
+        self, reqs: list[SchedRequest], policy: Policy, cols: StepColumns, stats: dict[str, int]
+    ) -> tuple[float, int]:
+        """The event loop; fills ``cols``, ``stats`` and the requests' fields in place.
+        Returns (makespan s, steps)."""
         n = len(reqs)
         bs = self.block_size
         max_seqs = (
@@ -202,24 +249,49 @@ class SimEngine:
         uses_preempt = type(policy).preempt is not Policy.preempt
         key = policy.key
         microbatch = self.mode == "microbatch"
+        observer = self.observer
+        kv_cap = state.num_blocks * bs
+        col_t, col_dt, col_kv, col_seg = cols.t, cols.dt, cols.kv, cols.seg
 
-        # per-step columns
-        col_t: list[float] = []
-        col_dt: list[float] = []
-        col_pf: list[int] = []
-        col_dec: list[int] = []
-        col_kv: list[int] = []
-        col_pre: list[int] = []
-        col_adm: list[int] = []
-        col_w: list[list[int]] = [[], [], []]
-        col_r: list[list[int]] = [[], [], []]
-        stats = {
-            "preemptions": 0,
-            "policy_preemptions": 0,
-            "recomputed_tokens": 0,
-            "computed_tokens": 0,
-            "aborted": 0,
-        }
+        # ---- decode fast-forward (module docstring) ----
+        # A "stretch" is a period in which every running request is decoding (needs exactly one
+        # token per step). Over it the engine keeps aggregates instead of walking the running
+        # list every step: the steps at which each request finishes (fin_heap), how many
+        # requests need a new KV block at each step (hist, by decode-step number mod
+        # block_size), their summed context (ctx_sum) and tier counts (rc). A decode step then
+        # costs O(1): g_dec counts them, and a running request's token fields are *lazy*, behind
+        # by g_dec - base[index] steps, until materialize() brings them up to date -- before
+        # any policy callback, general step or finish reads them.
+        ff = self.fast_forward and (
+            observer is None or bool(getattr(observer, "fast_forward_ok", False))
+        )
+        horizon = getattr(policy, "fast_forward_horizon", None)
+        # a callback the policy does not override is a no-op and reads nothing: skip bringing
+        # fields up to date for it (dynamic keys may read live state when arrivals are keyed)
+        pcls = type(policy)
+        sync_arrival = dynamic or any(
+            getattr(pcls, h) is not getattr(Policy, h) for h in ("on_arrival", "on_abort")
+        )
+        sync_admit = pcls.on_admit is not Policy.on_admit
+        sync_finish = pcls.on_finish is not Policy.on_finish
+        sync_horizon = horizon is not None and (
+            getattr(pcls, "fast_forward_horizon", None) is not Policy.fast_forward_horizon
+        )
+        cost = self.cost
+        linear = type(cost) is LinearCostModel  # inline its step time (bit-identical)
+        c0 = c_token = c_kv = c_decode = 0.0
+        if linear:
+            c0, c_token, c_kv, c_decode = cost.c0, cost.c_token, cost.c_kv, cost.c_decode
+        g_dec = 0  # decode steps simulated by the aggregate path so far
+        lagging = False  # some running request's fields are behind g_dec
+        base = [0] * n  # request index -> g_dec at which its token fields are exact
+        stretch = False  # the aggregates below describe the current running set
+        fin_heap: list[tuple[int, int, int]] = []  # (g_dec when it finishes, order, index)
+        pos_ctr = 0  # running order of stretch members (admissions append at the end)
+        hist = [0] * bs  # hist[q]: members needing a new KV block at a step with g_dec%bs == q
+        bucket = [0] * n  # request index -> its hist slot
+        ctx_sum = 0  # computed tokens summed over the members (exact, never lazy)
+        rc = [0, 0, 0]  # members per tier
 
         def enqueue(r: SchedRequest, now: float) -> None:
             r.status = Status.WAITING
@@ -243,6 +315,21 @@ class SimEngine:
             stats["preemptions"] += 1
             enqueue(r, now)
 
+        def materialize() -> None:
+            nonlocal lagging
+            if lagging:
+                g = g_dec
+                for r in running:
+                    idx = r.index
+                    d = g - base[idx]
+                    if d:
+                        c = r.num_computed_tokens + d
+                        r.num_computed_tokens = c
+                        r.num_output_tokens += d
+                        held[idx] = -(-c // bs)
+                        base[idx] = g
+                lagging = False
+
         policy.prepare(reqs)
         now = 0.0
         nxt = 0  # next arrival
@@ -252,6 +339,8 @@ class SimEngine:
         while done < n:
             # 1. arrivals
             if nxt < n and reqs[nxt].arrival_s <= now:
+                if sync_arrival:
+                    materialize()
                 batch = []
                 while nxt < n and reqs[nxt].arrival_s <= now:
                     batch.append(reqs[nxt])
@@ -286,6 +375,10 @@ class SimEngine:
 
             # 2. policy hooks
             w_counts = (n_wait[0], n_wait[1], n_wait[2])
+            n_pre = 0  # preemptions this step (policy + memory)
+            n_mem_pre = 0  # memory preemptions: vLLM admits nothing in such a step
+            if uses_step or uses_preempt:
+                materialize()
             if uses_step:
                 policy.on_step(running, list(waiting.values()), now)
                 if incremental:
@@ -295,8 +388,6 @@ class SimEngine:
                             heapq.heappush(
                                 heap, (key(r, now), r.arrival_s, r.index, version[r.index])
                             )
-            n_pre = 0  # preemptions this step (policy + memory)
-            n_mem_pre = 0  # memory preemptions: vLLM admits nothing in such a step
             if uses_preempt and running:
                 for r in policy.preempt(running, list(waiting.values()), now):
                     if r.status is Status.RUNNING:
@@ -305,8 +396,281 @@ class SimEngine:
                         stats["policy_preemptions"] += 1
                         evict(r, now)
                         n_pre += 1
+                        stretch = False
 
-            # 3. continue running requests
+            # 2b. aggregate steps: every running request decodes and none is preempted
+            m = len(running)
+            if ff and m and not n_pre and m <= max_budget:
+                if not stretch:
+                    # every running request must be decoding; prefilling ones sit at the end
+                    # of the running order, so check from there (cheap failure)
+                    materialize()  # (lagging after a step that ended a stretch)
+                    stretch = True
+                    for r in reversed(running):
+                        if not (
+                            r.num_output_tokens > 0
+                            and r.num_computed_tokens == r.prompt_tokens + r.num_output_tokens - 1
+                        ):
+                            stretch = False
+                            break
+                    if stretch:
+                        fin_heap = [
+                            (g_dec + targets[r.index] - r.num_output_tokens, pos, r.index)
+                            for pos, r in enumerate(running)
+                        ]
+                        heapq.heapify(fin_heap)
+                        pos_ctr = m
+                        hist = [0] * bs
+                        ctx_sum = 0
+                        rc = [0, 0, 0]
+                        for r in running:
+                            idx = r.index
+                            c = r.num_computed_tokens
+                            q = (g_dec - c) % bs
+                            bucket[idx] = q
+                            hist[q] += 1
+                            ctx_sum += c
+                            rc[tid[idx]] += 1
+                            base[idx] = g_dec
+                free = state.free_blocks
+                if stretch and hist[g_dec % bs] <= free:
+                    # can anything be admitted during the coming steps? (free only shrinks)
+                    budget = max_budget - m
+                    blocked = True
+                    if admit_open and waiting and m < max_seqs:
+                        if budget <= 0:
+                            pass
+                        elif not use_heap:
+                            blocked = False  # ranked() would be called: one step at a time
+                        else:
+                            while heap:
+                                _, _, idx, ver = heap[0]
+                                r = reqs[idx]
+                                if ver != version[idx] or r.status is not Status.WAITING:
+                                    heapq.heappop(heap)  # stale (what admission does first)
+                                    continue
+                                need = r.prompt_tokens + r.num_output_tokens
+                                chunk = need if need < budget else budget
+                                blocked = -(-chunk // bs) > free
+                                break
+                    if sync_horizon:
+                        materialize()
+                    if horizon is not None:
+                        h = horizon(running, waiting, now)
+                    else:  # a duck-typed policy without the method: the base class's rule
+                        h = 1 if uses_step or uses_preempt else math.inf
+                    w0, w1, w2 = w_counts
+                    r0, r1, r2 = rc
+                    if blocked:
+                        # ---- a window of pure decode steps, one O(1) iteration each ----
+                        a_next = reqs[nxt].arrival_s if nxt < n else math.inf
+                        a = c0 + c_token * m
+                        b = c_decode * m
+                        f_next = fin_heap[0][0]
+                        k = 0
+                        while True:
+                            nb = hist[g_dec % bs]
+                            if nb > free:
+                                break  # a memory preemption: left to a general step
+                            kv = ctx_sum + m
+                            if linear:  # == LinearCostModel.step_time(0, m, kv, 0.0, 0)
+                                dt = a + c_kv * kv + b
+                            elif seq_aware:
+                                dt = step_time(0, m, kv, 0.0, prefill_seqs=0)
+                            else:
+                                dt = step_time(0, m, kv, 0.0)
+                            t0 = now
+                            now = t0 + dt
+                            free -= nb
+                            ctx_sum += m
+                            g_dec += 1
+                            k += 1
+                            col_t.append(t0)
+                            col_dt.append(dt)
+                            if g_dec == f_next:
+                                break  # its KV column is written after the finishes
+                            col_kv.append(kv_cap - free * bs)
+                            if now >= a_next or k >= h:
+                                break
+                        lagging = True
+                        stats["fast_forward_windows"] += 1
+                        stats["fast_forward_steps"] += k
+                        stats["computed_tokens"] += k * m
+                        step += k
+                        seg = (0, m, 0, 0, w0, w1, w2, r0, r1, r2)
+                        if g_dec == f_next:
+                            if k > 1:
+                                col_seg.extend((k - 1, *seg))
+                            finished = []
+                            while fin_heap and fin_heap[0][0] == g_dec:
+                                finished.append(reqs[heapq.heappop(fin_heap)[2]])
+                            for r in finished:
+                                idx = r.index
+                                c = r.num_computed_tokens + g_dec - base[idx]
+                                r.num_output_tokens += g_dec - base[idx]
+                                r.num_computed_tokens = c
+                                base[idx] = g_dec
+                                r.status = Status.FINISHED
+                                r.finish_s = now
+                                free += -(-c // bs)
+                                held[idx] = 0
+                                running.remove(r)
+                                hist[bucket[idx]] -= 1
+                                ctx_sum -= c
+                                rc[tid[idx]] -= 1
+                            done += len(finished)
+                            state.free_blocks = free
+                            if sync_finish:
+                                materialize()
+                            policy.on_finish(finished, now)
+                            col_kv.append(kv_cap - free * bs)
+                            col_seg.extend((1, *seg))
+                        else:
+                            col_seg.extend((k, *seg))
+                        state.free_blocks = free
+                    else:  # (admission is open: closed admission counts as blocked)
+                        # ---- one step: members decode (aggregate), admissions prefill ----
+                        free -= hist[g_dec % bs]
+                        state.free_blocks = free
+                        admitted: list[SchedRequest] = []
+                        new: list[tuple[SchedRequest, int]] = []
+                        if use_heap:
+                            while heap and budget > 0 and len(running) < max_seqs:
+                                _, _, idx, ver = heap[0]
+                                r = reqs[idx]
+                                if ver != version[idx] or r.status is not Status.WAITING:
+                                    heapq.heappop(heap)
+                                    continue
+                                need = r.prompt_tokens + r.num_output_tokens
+                                chunk = need if need < budget else budget
+                                nb = -(-chunk // bs)
+                                if nb > state.free_blocks:
+                                    break
+                                heapq.heappop(heap)
+                                self._admit(
+                                    r, chunk, nb, now, state, dequeue, running, new, admitted
+                                )
+                                base[idx] = g_dec
+                                budget -= chunk
+                        elif waiting and budget > 0 and len(running) < max_seqs:
+                            materialize()
+                            for r in policy.ranked(list(waiting.values()), now):
+                                if budget <= 0 or len(running) >= max_seqs:
+                                    break
+                                need = r.prompt_tokens + r.num_output_tokens
+                                chunk = need if need < budget else budget
+                                nb = -(-chunk // bs)
+                                if nb > state.free_blocks:
+                                    break
+                                self._admit(
+                                    r, chunk, nb, now, state, dequeue, running, new, admitted
+                                )
+                                base[r.index] = g_dec
+                                budget -= chunk
+                        if admitted:
+                            window_deadline = math.inf
+                            if sync_admit:
+                                materialize()
+                            policy.on_admit(admitted, now)
+                        free = state.free_blocks
+                        pf = nps = 0
+                        dec = m  # every member decodes
+                        pairs = 0.0
+                        kv = ctx_sum + m
+                        rcs = [r0, r1, r2]
+                        for r, c in new:  # as step 5 classifies them (scheduled after members)
+                            ctx = r.num_computed_tokens
+                            rcs[tid[r.index]] += 1
+                            if (
+                                c == 1
+                                and r.num_output_tokens > 0
+                                and ctx == r.prompt_tokens + r.num_output_tokens - 1
+                            ):
+                                dec += 1
+                            else:
+                                pf += c
+                                nps += 1
+                                pairs += c * (ctx + 0.5 * c)
+                            kv += ctx + c
+                        if linear and not new:  # == LinearCostModel.step_time(0, m, kv, 0.0, 0)
+                            dt = c0 + c_token * m + c_kv * kv + c_decode * m
+                        elif seq_aware:
+                            dt = step_time(pf, dec, kv, pairs, prefill_seqs=nps)
+                        else:
+                            dt = step_time(pf, dec, kv, pairs)
+                        t0 = now
+                        now = t0 + dt
+                        stats["computed_tokens"] += pf + dec
+                        ctx_sum += m
+                        g_dec += 1
+                        lagging = True
+                        finished = []
+                        while fin_heap and fin_heap[0][0] == g_dec:
+                            finished.append(reqs[heapq.heappop(fin_heap)[2]])
+                        for r in finished:
+                            idx = r.index
+                            c = r.num_computed_tokens + g_dec - base[idx]
+                            r.num_output_tokens += g_dec - base[idx]
+                            r.num_computed_tokens = c
+                            base[idx] = g_dec
+                            free += -(-c // bs)
+                            hist[bucket[idx]] -= 1
+                            ctx_sum -= c
+                            rc[tid[idx]] -= 1
+                        for r, c in new:
+                            idx = r.index
+                            c = r.num_computed_tokens + c
+                            r.num_computed_tokens = c
+                            base[idx] = g_dec
+                            if c == r.prompt_tokens + r.num_output_tokens:
+                                r.num_output_tokens += 1
+                                if r.num_output_tokens == 1:
+                                    r.first_token_s = now
+                                if r.num_output_tokens >= targets[idx]:
+                                    finished.append(r)
+                                    free += held[idx]
+                                    continue
+                                # prefill done: a member from the next step on
+                                heapq.heappush(
+                                    fin_heap,
+                                    (g_dec + targets[idx] - r.num_output_tokens, pos_ctr, idx),
+                                )
+                                pos_ctr += 1
+                                q = (g_dec - c) % bs
+                                bucket[idx] = q
+                                hist[q] += 1
+                                ctx_sum += c
+                                rc[tid[idx]] += 1
+                            else:
+                                stretch = False  # a chunked prefill goes on next step
+                        if finished:
+                            for r in finished:
+                                r.status = Status.FINISHED
+                                r.finish_s = now
+                                held[r.index] = 0
+                                running.remove(r)
+                            done += len(finished)
+                            state.free_blocks = free
+                            if sync_finish:
+                                materialize()
+                            policy.on_finish(finished, now)
+                        state.free_blocks = free
+                        col_t.append(t0)
+                        col_dt.append(dt)
+                        col_kv.append(kv_cap - free * bs)
+                        col_seg.extend((1, pf, dec, 0, len(admitted), w0, w1, w2, *rcs))
+                        step += 1
+                        stats["aggregate_steps"] += 1
+                    if observer is not None:
+                        state.now = now
+                        state.scheduled = []
+                        state.step = step
+                        observer(state)
+                    continue
+
+            # 3. a general step: continue running requests
+            materialize()
+            stretch = False
             budget = max_budget
             scheduled: list[tuple[SchedRequest, int]] = []
             i = 0
@@ -345,7 +709,7 @@ class SimEngine:
                 i += 1
 
             # 4. admission in policy order
-            admitted: list[SchedRequest] = []
+            admitted = []
             if admit_open and n_mem_pre == 0 and waiting and budget > 0 and len(running) < max_seqs:
                 if use_heap:
                     while heap and budget > 0 and len(running) < max_seqs:
@@ -376,6 +740,8 @@ class SimEngine:
                 if admitted:
                     window_deadline = math.inf
                     policy.on_admit(admitted, now)
+                    for r in admitted:
+                        base[r.index] = g_dec
 
             if not scheduled:
                 if running or n_pre:
@@ -411,7 +777,7 @@ class SimEngine:
             t0 = now
             now = now + dt
             stats["computed_tokens"] += pf + dec
-            finished: list[SchedRequest] = []
+            finished = []
             for r, c in scheduled:
                 r.num_computed_tokens += c
                 if r.num_computed_tokens == r.prompt_tokens + r.num_output_tokens:
@@ -432,41 +798,15 @@ class SimEngine:
 
             col_t.append(t0)
             col_dt.append(dt)
-            col_pf.append(pf)
-            col_dec.append(dec)
             col_kv.append((state.num_blocks - state.free_blocks) * bs)
-            col_pre.append(n_pre)
-            col_adm.append(len(admitted))
-            for t in range(3):
-                col_w[t].append(w_counts[t])
-                col_r[t].append(r_counts[t])
+            col_seg.extend((1, pf, dec, n_pre, len(admitted), *w_counts, *r_counts))
             step += 1
-            if self.observer is not None:
+            if observer is not None:
                 state.now = now
                 state.scheduled = scheduled
                 state.step = step
-                self.observer(state)
-
-        seed = getattr(workload, "seed", None)
-        records = build_records(reqs, engine=self.name, policy=policy.name, seed=seed)
-        steps = pd.DataFrame(
-            {
-                "time_s": col_t,
-                "duration_s": col_dt,
-                "prefill_tokens": col_pf,
-                "decode_seqs": col_dec,
-                "kv_tokens": col_kv,
-                "preemptions": col_pre,
-                "admitted": col_adm,
-                **{f"waiting_{t}": col_w[i] for i, t in enumerate(TIERS)},
-                **{f"running_{t}": col_r[i] for i, t in enumerate(TIERS)},
-            },
-            columns=list(STEP_COLUMNS),
-        )
-        for name, (dtype, _, _) in STEP_COLUMNS.items():
-            steps[name] = steps[name].astype(dtype)
-        meta = {**self.describe(), **stats, "steps": step, "makespan_s": now, "policy": policy.name}
-        return EngineResult(records=records, steps=steps, meta=meta)
+                observer(state)
+        return now, step
 
     @staticmethod
     def _admit(
@@ -489,3 +829,51 @@ class SimEngine:
         running.append(r)
         scheduled.append((r, chunk))
         admitted.append(r)
+
+
+def partial_result(exc: BaseException) -> EngineResult | None:
+    """The records a failed ``SimEngine.run`` kept, or None if ``exc`` carries none.
+
+    ``records`` holds one row per request that had *ended* (finished or aborted) when the run
+    raised, in the usual schema; requests still waiting or running are left out (their latency
+    is unknown). ``records.attrs["incomplete"]`` and ``meta["incomplete"]`` are True;
+    ``meta["unfinished_requests"]`` counts the left-out requests and ``meta["error"]`` names the
+    exception. ``steps`` holds every step completed before the failure.
+    """
+    res = getattr(exc, "partial_result", None)
+    return res if isinstance(res, EngineResult) else None
+
+
+def _attach_partial(
+    exc: BaseException,
+    reqs: list[SchedRequest],
+    cols: StepColumns,
+    stats: dict[str, int],
+    engine: SimEngine,
+    policy: Policy,
+    seed: int | None,
+) -> None:
+    """Set ``exc.partial_result`` (see :func:`partial_result`); never raises itself."""
+    try:
+        ended = [r for r in reqs if r.status in (Status.FINISHED, Status.ABORTED)]
+        records = records_frame(ended, engine=engine.name, policy=policy.name, seed=seed)
+        records.attrs["incomplete"] = True
+        steps = cols.frame()
+        end = float(steps["time_s"].iloc[-1] + steps["duration_s"].iloc[-1]) if len(steps) else 0.0
+        meta = {
+            **engine.describe(),
+            **stats,
+            "steps": len(steps),
+            "makespan_s": end,
+            "policy": policy.name,
+            "incomplete": True,
+            "unfinished_requests": len(reqs) - len(ended),
+            "error": f"{type(exc).__name__}: {exc}",
+        }
+        exc.partial_result = EngineResult(records=records, steps=steps, meta=meta)  # type: ignore[attr-defined]
+        exc.add_note(
+            f"sim: records of the {len(ended)} requests that ended before the failure are "
+            f"attached as .partial_result ({len(reqs) - len(ended)} unfinished left out)"
+        )
+    except Exception:  # the original error matters more than the partial records
+        pass

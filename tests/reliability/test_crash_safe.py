@@ -194,10 +194,19 @@ def test_policy_that_raises_fails_cleanly_and_compare_refuses(
     )
     assert proc.returncode != 0
     assert "injected policy failure" in proc.stderr
-    assert not (run / "summary.json").exists() and not (run / "records.parquet").exists()
+    assert not (run / "summary.json").exists()
     marker = (run / MARKER).read_text()
     assert "failed" in marker and "injected policy failure" in marker
     assert not job_finished(run)
+    # the records of the requests that ended before the failure are kept (the simulator
+    # attaches them as exc.partial_result), marked incomplete
+    part = json.loads((run / "partial.json").read_text())
+    assert part["complete"] is False and "injected policy failure" in part["error"]
+    assert part["incomplete"] and part["unfinished_requests"] >= 1
+    assert "partial records" in marker and "INCOMPLETE" in marker
+    rec = pd.read_parquet(run / "records.parquet")  # may be empty: it fails at admission 6
+    assert len(rec) == 40 - part["unfinished_requests"]
+    assert set(rec["status"]) <= {"finished", "aborted"}
 
     both = tmp_path / "runs"
     shutil.copytree(finished_run, both / "fifo")

@@ -189,6 +189,8 @@ def test_vllm_internals_the_adapter_relies_on():
     src = inspect.getsource(Scheduler.schedule)
     assert "key=lambda r: (r.priority, r.arrival_time)" in src
     assert "self.waiting.prepend_request(request)" in inspect.getsource(Scheduler._preempt_request)
+    # admissions stop when the active slots are full: the adapter's ranked head uses this
+    assert "num_running >= self.max_num_active_reqs" in src
     q = PriorityRequestQueue()
     assert isinstance(q._heap, list)
     assert SchedulingPolicy("priority") is SchedulingPolicy.PRIORITY
@@ -234,6 +236,8 @@ def test_live_scheduler_instance_attributes(seq1):
         "block_size",
         "requires_kv_delivery",
         "vllm_config",
+        "max_num_active_reqs",
+        "num_waiting_for_streaming_input",
     ):
         assert hasattr(s, attr), attr
     assert isinstance(s.waiting._heap, list) and isinstance(s.kv_holding_waiting._heap, list)
