@@ -26,7 +26,9 @@ import contextlib
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -410,9 +412,28 @@ def finished_same_config(run_dir: Path, cfg: DictConfig) -> bool:
     return old == OmegaConf.to_container(cfg, resolve=False)
 
 
+def _interrupts_stop_the_run() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM (``kill``, a SLURM time limit) raise KeyboardInterrupt, so
+    the records so far are written marked incomplete, wandb finishes and the engine shuts down.
+
+    SIGINT gets Python's handler even when the process started with it ignored (a shell starts
+    background jobs so): ``kill -INT`` must still stop and flush the run.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be installed from the main thread
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"terminated by signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+
+    _interrupts_stop_the_run()
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.get("skip_finished") and finished_same_config(run_dir, cfg):

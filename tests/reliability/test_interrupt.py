@@ -81,7 +81,10 @@ def assert_partial(run: Path, kind: str, error: str) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- simulator
-def test_sigint_during_sim_evaluate_flushes_records_and_finishes_wandb(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_sigint_during_sim_evaluate_flushes_records_and_finishes_wandb(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
     run = tmp_path / "run"
     flag = tmp_path / "flag"
     proc = subprocess.Popen(
@@ -110,7 +113,7 @@ def test_sigint_during_sim_evaluate_flushes_records_and_finishes_wandb(tmp_path:
             time.sleep(0.05)
         time.sleep(1.0)  # ~20 admissions in
         t = time.monotonic()
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        proc.send_signal(sig)  # SIGINT: what Ctrl-C sends; SIGTERM: kill, SLURM time limits
         _, err = proc.communicate(timeout=60)
         stop_s = time.monotonic() - t
     finally:
@@ -122,7 +125,7 @@ def test_sigint_during_sim_evaluate_flushes_records_and_finishes_wandb(tmp_path:
     assert len(rec) < 200
     assert wandb_exit_code(run) == 1  # finished, marked failed
     assert stop_s < 30
-    campaign.COUNTS["interrupt/sim_sigint"] += 1
+    campaign.COUNTS[f"interrupt/sim_{sig.name.lower()}"] += 1
     campaign.COUNTS["interrupt/sim_partial_records"] += len(rec)
 
 
@@ -252,12 +255,16 @@ def test_sigint_during_live_evaluate_flushes_records_stops_engine(tmp_path, monk
             time.sleep(0.02)
 
     th = threading.Thread(target=ctrl_c, daemon=True)
+    # Python's Ctrl-C handler, also where this process started with SIGINT ignored (a
+    # background job of a non-interactive shell)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     th.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             evaluate.evaluate(cfg, run)
     finally:
         th.join(timeout=5)
+        signal.signal(signal.SIGINT, previous)
     assert sent.is_set()
     rec = assert_partial(run, "interrupted", "KeyboardInterrupt")
     assert 5 <= len(rec) < 60
