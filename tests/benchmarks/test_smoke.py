@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -24,20 +23,14 @@ from benchmarks.traces import peer_csv, sim_trace, trace_meta
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real, tiny LightGBM length + drift predictor (the predictor package's own API)."""
-    from predictor.artifacts import read_meta
-    from predictor.lgbm import LightGBMDrift, LightGBMLength
-    from predictor.serving import fingerprint
     from tests.scheduler.conftest import synthetic_frame, with_prompts
+    from tests.tiny_predictor import save_tiny_predictor
 
-    root = tmp_path_factory.mktemp("artifacts")
-    df = with_prompts(synthetic_frame(800, seed=3))
-    y = df["output_tokens"].to_numpy(np.float64)
-    length = LightGBMLength(n_estimators=10, num_threads=1, text_dim=4, min_count=5).fit(df, y)
-    F = length.featurize(df)
-    drift = LightGBMDrift(n_estimators=10, num_threads=1).fit(F, y, length.predict_features(F))
-    p = length.save(root / "length")
-    drift.save(root / "drift", extra_meta={"length_fingerprint": fingerprint(read_meta(p))})
-    return root
+    return save_tiny_predictor(
+        tmp_path_factory.mktemp("artifacts"),
+        with_prompts(synthetic_frame(800, seed=3)),
+        drift_trees=10,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,11 @@ from predictor.artifacts import (
     ArtifactError,
     ArtifactNotFoundError,
     file_sha256,
-    read_meta,
 )
 from predictor.lgbm import LightGBMDrift, LightGBMLength
-from predictor.serving import fingerprint, load_predictor
+from predictor.serving import load_predictor
 from scheduler.sim.synthetic import synthetic_frame
+from tests.tiny_predictor import save_tiny_predictor
 
 REPO = Path(__file__).resolve().parents[2]
 # the toolkit's own code (tests excluded: they may mention the forbidden names on purpose)
@@ -47,13 +47,7 @@ def train_tiny_artifacts(root: Path, n: int = 400, seed: int = 3) -> Path:
         for lg in long
     ]
     df["prompt_id"] = [f"p{i}" for i in range(n)]
-    y = df["output_tokens"].to_numpy(np.float64)
-    length = LightGBMLength(n_estimators=15, num_threads=1, text_dim=4, min_count=3).fit(df, y)
-    F = length.featurize(df)
-    drift = LightGBMDrift(n_estimators=10, num_threads=1).fit(F, y, length.predict_features(F))
-    p = length.save(root / "length")
-    drift.save(root / "drift", extra_meta={"length_fingerprint": fingerprint(read_meta(p))})
-    return root
+    return save_tiny_predictor(root, df, length_trees=15, drift_trees=10, min_count=3)
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ from scheduler.records import check_records  # noqa: E402
 from scheduler.sim.synthetic import synthetic_frame  # noqa: E402
 from tests.reliability import campaign  # noqa: E402
 from tests.scheduler.conftest import with_prompts  # noqa: E402
+from tests.tiny_predictor import save_tiny_predictor  # noqa: E402
 
 ENGINE_KW = dict(max_num_seqs=4, kv_cache_gib=0.25, max_model_len=256, progress=False)
 
@@ -63,19 +64,11 @@ def count(key: str, n: int = 1) -> None:
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory) -> Path:
     """A real tiny length + drift predictor (as tests/scheduler/conftest.py's, ~3 s)."""
-    from predictor.artifacts import read_meta
-    from predictor.lgbm import LightGBMDrift, LightGBMLength
-    from predictor.serving import fingerprint
-
-    root = tmp_path_factory.mktemp("artifacts")
-    df = with_prompts(synthetic_frame(600, seed=11))
-    y = df["output_tokens"].to_numpy(np.float64)
-    length = LightGBMLength(n_estimators=10, num_threads=1, text_dim=8, min_count=5).fit(df, y)
-    F = length.featurize(df)
-    drift = LightGBMDrift(n_estimators=8, num_threads=1).fit(F, y, length.predict_features(F))
-    p = length.save(root / "length")
-    drift.save(root / "drift", extra_meta={"length_fingerprint": fingerprint(read_meta(p))})
-    return root
+    return save_tiny_predictor(
+        tmp_path_factory.mktemp("artifacts"),
+        with_prompts(synthetic_frame(600, seed=11)),
+        text_dim=8,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,8 @@ from report import results
 @pytest.fixture(scope="module")
 def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (tiny) LightGBM length + drift predictor, so the test needs no `train.py` run."""
-    from predictor.artifacts import read_meta
-    from predictor.lgbm import LightGBMDrift, LightGBMLength
-    from predictor.serving import fingerprint
     from scheduler.sim.synthetic import synthetic_frame
+    from tests.tiny_predictor import save_tiny_predictor
 
     root = tmp_path_factory.mktemp("artifacts")
     df = synthetic_frame(600, seed=3)
@@ -32,13 +30,7 @@ def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     words = np.array(["explain", "summarize", "list", "write", "report", "brief"])
     df["prompt"] = [" ".join(rng.choice(words, size=5)) + f" {i}" for i in range(len(df))]
     df["prompt_id"] = [f"p{i}" for i in range(len(df))]
-    y = df["output_tokens"].to_numpy(np.float64)
-    length = LightGBMLength(n_estimators=10, num_threads=1, text_dim=4, min_count=5).fit(df, y)
-    F = length.featurize(df)
-    drift = LightGBMDrift(n_estimators=8, num_threads=1).fit(F, y, length.predict_features(F))
-    p = length.save(root / "length")
-    drift.save(root / "drift", extra_meta={"length_fingerprint": fingerprint(read_meta(p))})
-    return root
+    return save_tiny_predictor(root, df)
 
 
 def _records(rows: list[tuple[int, float, float, int]]) -> pd.DataFrame:

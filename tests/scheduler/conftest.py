@@ -49,17 +49,12 @@ def with_prompts(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (tiny) length + drift predictor written with the predictor package's API."""
-    from predictor.artifacts import read_meta
-    from predictor.lgbm import LightGBMDrift, LightGBMLength
-    from predictor.serving import fingerprint
+    from tests.tiny_predictor import save_tiny_predictor
 
-    root = tmp_path_factory.mktemp("artifacts")
-    df = with_prompts(synthetic_frame(1200, seed=11))
-    y = df["output_tokens"].to_numpy(np.float64)
-    length = LightGBMLength(n_estimators=20, num_threads=1, text_dim=8, min_count=5).fit(df, y)
-    F = length.featurize(df)
-    adm = length.predict_features(F)
-    drift = LightGBMDrift(n_estimators=15, num_threads=1).fit(F, y, adm)
-    p = length.save(root / "length")
-    drift.save(root / "drift", extra_meta={"length_fingerprint": fingerprint(read_meta(p))})
-    return root
+    return save_tiny_predictor(
+        tmp_path_factory.mktemp("artifacts"),
+        with_prompts(synthetic_frame(1200, seed=11)),
+        length_trees=20,
+        drift_trees=15,
+        text_dim=8,
+    )

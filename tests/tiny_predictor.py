@@ -1,0 +1,36 @@
+"""One builder for the real, tiny LightGBM length + drift artifacts many tests serve from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def save_tiny_predictor(
+    root: Path,
+    rows: pd.DataFrame,
+    *,
+    length_trees: int = 10,
+    drift_trees: int = 8,
+    text_dim: int = 4,
+    min_count: int = 5,
+) -> Path:
+    """Fit on ``rows`` (trace schema, prompts included) and save ``root/length`` and
+    ``root/drift`` (the drift artifact pinned to the length model's fingerprint), the layout
+    ``predictor.serving.load_predictor`` reads. A few seconds on one thread."""
+    from predictor.artifacts import read_meta
+    from predictor.lgbm import LightGBMDrift, LightGBMLength
+    from predictor.serving import fingerprint
+
+    y = rows["output_tokens"].to_numpy(np.float64)
+    length = LightGBMLength(
+        n_estimators=length_trees, num_threads=1, text_dim=text_dim, min_count=min_count
+    ).fit(rows, y)
+    F = length.featurize(rows)
+    drift = LightGBMDrift(n_estimators=drift_trees, num_threads=1)
+    drift.fit(F, y, length.predict_features(F))
+    p = length.save(root / "length")
+    drift.save(root / "drift", extra_meta={"length_fingerprint": fingerprint(read_meta(p))})
+    return root
