@@ -23,9 +23,11 @@ artifact's predictions on the same test rows and reports the average of the two 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +166,20 @@ def _time_batches(est, rows: pd.DataFrame, batch: int, repeats: int) -> float:
     return float(np.median(times[1:]) / len(chunk) * 1e6)
 
 
+@contextlib.contextmanager
+def _encoder_dir(path: Path) -> Iterator[None]:
+    """``DRIFTSCHED_MINILM_PATH`` set to ``path`` for the block, restored after."""
+    previous = os.environ.get("DRIFTSCHED_MINILM_PATH")
+    os.environ["DRIFTSCHED_MINILM_PATH"] = str(path.resolve())
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("DRIFTSCHED_MINILM_PATH", None)
+        else:
+            os.environ["DRIFTSCHED_MINILM_PATH"] = previous
+
+
 def run(
     inp: Path,
     out: Path,
@@ -173,27 +189,6 @@ def run(
     limit: int | None,
     threads: int = 8,
     epochs: int = 40,
-) -> None:
-    previous = os.environ.get("DRIFTSCHED_MINILM_PATH")
-    os.environ["DRIFTSCHED_MINILM_PATH"] = str((inp / "minilm").resolve())
-    try:
-        _run(inp, out, steps, batch, max_length, limit, threads, epochs)
-    finally:
-        if previous is None:
-            os.environ.pop("DRIFTSCHED_MINILM_PATH", None)
-        else:
-            os.environ["DRIFTSCHED_MINILM_PATH"] = previous
-
-
-def _run(
-    inp: Path,
-    out: Path,
-    steps: int,
-    batch: int,
-    max_length: int,
-    limit: int | None,
-    threads: int,
-    epochs: int,
 ) -> None:
     import torch
 
@@ -219,14 +214,15 @@ def _run(
         device=dev,
         random_state=0,
     )
-    t0 = time.perf_counter()
-    est.fit(train, train[TARGET].to_numpy(float), eval_set=(val, val[TARGET].to_numpy(float)))
-    fit_s = time.perf_counter() - t0
-    q = est.predict_quantiles(test)
+    with _encoder_dir(inp / "minilm"):
+        t0 = time.perf_counter()
+        est.fit(train, train[TARGET].to_numpy(float), eval_set=(val, val[TARGET].to_numpy(float)))
+        fit_s = time.perf_counter() - t0
+        q = est.predict_quantiles(test)
+        lat = {f"batch_{b}_us": _time_batches(est, test, b, 5) for b in (1, 64, 1024)}
     y = test[TARGET].to_numpy(float)
     m = length_metrics(y, q, test["prompt_tokens"].to_numpy(float))
     pd.DataFrame({"p50": q[:, 0], "p90": q[:, 1]}).to_csv(out / "test_pred.csv", index=False)
-    lat = {f"batch_{b}_us": _time_batches(est, test, b, 5) for b in (1, 64, 1024)}
     res = {
         "device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu",
         "torch": torch.__version__,
