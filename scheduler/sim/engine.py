@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -534,39 +534,27 @@ class SimEngine:
                         state.free_blocks = free
                         admitted: list[SchedRequest] = []
                         new: list[tuple[SchedRequest, int]] = []
+                        order = None
                         if use_heap:
-                            while heap and budget > 0 and len(running) < max_seqs:
-                                _, _, idx, ver = heap[0]
-                                r = reqs[idx]
-                                if ver != version[idx] or r.status is not Status.WAITING:
-                                    heapq.heappop(heap)
-                                    continue
-                                need = r.prompt_tokens + r.num_output_tokens
-                                chunk = need if need < budget else budget
-                                nb = -(-chunk // bs)
-                                if nb > state.free_blocks:
-                                    break
-                                heapq.heappop(heap)
-                                self._admit(
-                                    r, chunk, nb, now, state, dequeue, running, new, admitted
-                                )
-                                base[idx] = g_dec
-                                budget -= chunk
+                            order = _heap_order(heap, reqs, version)
                         elif waiting and budget > 0 and len(running) < max_seqs:
                             materialize()
-                            for r in policy.ranked(list(waiting.values()), now):
-                                if budget <= 0 or len(running) >= max_seqs:
-                                    break
-                                need = r.prompt_tokens + r.num_output_tokens
-                                chunk = need if need < budget else budget
-                                nb = -(-chunk // bs)
-                                if nb > state.free_blocks:
-                                    break
-                                self._admit(
-                                    r, chunk, nb, now, state, dequeue, running, new, admitted
-                                )
+                            order = policy.ranked(list(waiting.values()), now)
+                        if order is not None:
+                            budget = self._admit_in_order(
+                                order,
+                                budget,
+                                max_seqs,
+                                bs,
+                                now,
+                                state,
+                                dequeue,
+                                running,
+                                new,
+                                admitted,
+                            )
+                            for r in admitted:
                                 base[r.index] = g_dec
-                                budget -= chunk
                         if admitted:
                             window_deadline = math.inf
                             if sync_admit:
@@ -711,32 +699,14 @@ class SimEngine:
             # 4. admission in policy order
             admitted = []
             if admit_open and n_mem_pre == 0 and waiting and budget > 0 and len(running) < max_seqs:
-                if use_heap:
-                    while heap and budget > 0 and len(running) < max_seqs:
-                        _, _, idx, ver = heap[0]
-                        r = reqs[idx]
-                        if ver != version[idx] or r.status is not Status.WAITING:
-                            heapq.heappop(heap)
-                            continue
-                        need = r.prompt_tokens + r.num_output_tokens
-                        chunk = need if need < budget else budget
-                        nb = -(-chunk // bs)
-                        if nb > state.free_blocks:
-                            break
-                        heapq.heappop(heap)
-                        self._admit(r, chunk, nb, now, state, dequeue, running, scheduled, admitted)
-                        budget -= chunk
-                else:
-                    for r in policy.ranked(list(waiting.values()), now):
-                        if budget <= 0 or len(running) >= max_seqs:
-                            break
-                        need = r.prompt_tokens + r.num_output_tokens
-                        chunk = need if need < budget else budget
-                        nb = -(-chunk // bs)
-                        if nb > state.free_blocks:
-                            break
-                        self._admit(r, chunk, nb, now, state, dequeue, running, scheduled, admitted)
-                        budget -= chunk
+                order = (
+                    _heap_order(heap, reqs, version)
+                    if use_heap
+                    else policy.ranked(list(waiting.values()), now)
+                )
+                budget = self._admit_in_order(
+                    order, budget, max_seqs, bs, now, state, dequeue, running, scheduled, admitted
+                )
                 if admitted:
                     window_deadline = math.inf
                     policy.on_admit(admitted, now)
@@ -809,6 +779,34 @@ class SimEngine:
         return now, step
 
     @staticmethod
+    def _admit_in_order(
+        order: Iterable[SchedRequest],
+        budget: int,
+        max_seqs: int,
+        bs: int,
+        now: float,
+        state: SimState,
+        dequeue: Callable[[SchedRequest], None],
+        running: list[SchedRequest],
+        scheduled: list[tuple[SchedRequest, int]],
+        admitted: list[SchedRequest],
+    ) -> int:
+        """Admit waiting requests in policy ``order`` while the step's token ``budget``, batch
+        slots and free KV blocks allow (the first that does not fit stops admission: no
+        skipping ahead); returns the budget left."""
+        for r in order:
+            if budget <= 0 or len(running) >= max_seqs:
+                break
+            need = r.prompt_tokens + r.num_output_tokens
+            chunk = need if need < budget else budget  # chunked prefill
+            nb = -(-chunk // bs)
+            if nb > state.free_blocks:
+                break
+            SimEngine._admit(r, chunk, nb, now, state, dequeue, running, scheduled, admitted)
+            budget -= chunk
+        return budget
+
+    @staticmethod
     def _admit(
         r: SchedRequest,
         chunk: int,
@@ -829,6 +827,21 @@ class SimEngine:
         running.append(r)
         scheduled.append((r, chunk))
         admitted.append(r)
+
+
+def _heap_order(
+    heap: list[tuple[Any, ...]], reqs: list[SchedRequest], version: list[int]
+) -> Iterator[SchedRequest]:
+    """Waiting requests in key order from the lazy heap (entries ``(key, seq, index,
+    version)``): stale entries (re-keyed since, or no longer waiting: e.g. the request just
+    yielded and admitted) are popped as they surface."""
+    while heap:
+        _, _, idx, ver = heap[0]
+        r = reqs[idx]
+        if ver != version[idx] or r.status is not Status.WAITING:
+            heapq.heappop(heap)
+            continue
+        yield r
 
 
 def partial_result(exc: BaseException) -> EngineResult | None:
