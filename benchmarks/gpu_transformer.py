@@ -90,10 +90,15 @@ def prepare(out: Path, max_check: int = 3000) -> None:
     (out / "prepare.json").write_text(json.dumps(info, indent=1))
 
 
-def prune_minilm(texts: list[str], mdir: Path, max_check: int = 3000) -> dict[str, float]:
-    """Copy all-MiniLM-L6-v2 to ``mdir`` keeping only the word pieces ``texts`` use (float16).
+def prune_minilm(
+    texts: list[str], mdir: Path, max_check: int = 3000, max_tokens: int = 128
+) -> dict[str, float]:
+    """Copy all-MiniLM-L6-v2 to ``mdir`` keeping only the word pieces ``texts`` use within
+    their first ``max_tokens`` tokens (the longest input the copy then serves), float16.
 
-    Raises SystemExit if the pruned tokenizer segments any checked text differently.
+    WordPiece splits each word on its own, so pieces dropped beyond ``max_tokens`` cannot change
+    the segmentation before it. Raises SystemExit if the pruned tokenizer segments any checked
+    text differently within ``max_tokens``.
     """
     import torch
     from safetensors.torch import save_file
@@ -106,7 +111,7 @@ def prune_minilm(texts: list[str], mdir: Path, max_check: int = 3000) -> dict[st
     used: set[int] = set(tok.all_special_ids)
     for i in range(0, len(texts), 2048):
         for ids in tok(texts[i : i + 2048], add_special_tokens=False)["input_ids"]:
-            used.update(ids)
+            used.update(ids[:max_tokens])
     keep = sorted(used)  # old ids, ascending: [PAD]=0 stays 0
     inv = tok.convert_ids_to_tokens(keep)
     mdir.mkdir(parents=True, exist_ok=True)
@@ -129,8 +134,8 @@ def prune_minilm(texts: list[str], mdir: Path, max_check: int = 3000) -> dict[st
     # Check: same segmentation (as strings) and near-identical hidden states.
     rng = np.random.default_rng(0)
     sample = [texts[i] for i in rng.choice(len(texts), min(max_check, len(texts)), replace=False)]
-    a = tok(sample, truncation=True, max_length=128)["input_ids"]
-    b = small(sample, truncation=True, max_length=128)["input_ids"]
+    a = tok(sample, truncation=True, max_length=max_tokens)["input_ids"]
+    b = small(sample, truncation=True, max_length=max_tokens)["input_ids"]
     bad = sum(tok.convert_ids_to_tokens(x) != small.convert_ids_to_tokens(y) for x, y in zip(a, b))
     if bad:
         raise SystemExit(f"pruned tokenizer segments {bad} of {len(sample)} prompts differently")
@@ -143,6 +148,7 @@ def prune_minilm(texts: list[str], mdir: Path, max_check: int = 3000) -> dict[st
         "vocab": len(keep),
         "full_vocab": tok.vocab_size,
         "checked": len(sample),
+        "max_tokens": max_tokens,
         "mib": sum(f.stat().st_size for f in mdir.iterdir()) / 2**20,
         "max_hidden_diff": float((ea - eb).abs().max()),
     }
@@ -189,12 +195,19 @@ def run(
     limit: int | None,
     threads: int = 8,
     epochs: int = 40,
+    seed: int = 0,
+    time_latency: bool = True,
 ) -> None:
     import torch
 
     from predictor.metrics import length_metrics
     from predictor.transformer import TransformerLength
 
+    prep = inp / "prepare.json"
+    if prep.is_file() and max_length > json.loads(prep.read_text()).get("max_tokens", 10**9):
+        raise SystemExit(
+            f"--max-length {max_length} exceeds the {prep} vocabulary's max_tokens; prepare again"
+        )
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -212,14 +225,18 @@ def run(
         epochs=epochs,
         num_threads=threads,
         device=dev,
-        random_state=0,
+        random_state=seed,
     )
     with _encoder_dir(inp / "minilm"):
         t0 = time.perf_counter()
         est.fit(train, train[TARGET].to_numpy(float), eval_set=(val, val[TARGET].to_numpy(float)))
         fit_s = time.perf_counter() - t0
         q = est.predict_quantiles(test)
-        lat = {f"batch_{b}_us": _time_batches(est, test, b, 5) for b in (1, 64, 1024)}
+        lat = (
+            {f"batch_{b}_us": _time_batches(est, test, b, 5) for b in (1, 64, 1024)}
+            if time_latency
+            else {}
+        )
     y = test[TARGET].to_numpy(float)
     m = length_metrics(y, q, test["prompt_tokens"].to_numpy(float))
     pd.DataFrame({"p50": q[:, 0], "p90": q[:, 1]}).to_csv(out / "test_pred.csv", index=False)
@@ -227,7 +244,7 @@ def run(
         "device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu",
         "torch": torch.__version__,
         "rows": {"train": len(train), "val": len(val), "test": len(test)},
-        "finetune": {"steps": steps, "batch": batch, "max_length": max_length},
+        "finetune": {"steps": steps, "batch": batch, "max_length": max_length, "seed": seed},
         "fit_s": fit_s,
         "encode_s": getattr(est, "encode_s_", None),
         "test_metrics": m,
@@ -269,6 +286,8 @@ def main() -> None:
     r.add_argument("--max-length", type=int, default=128)
     r.add_argument("--limit", type=int, default=None, help="rows per split (smoke runs)")
     r.add_argument("--threads", type=int, default=8, help="torch CPU threads")
+    r.add_argument("--seed", type=int, default=0, help="fine-tuning seed (the split is fixed)")
+    r.add_argument("--no-latency", action="store_true", help="skip the latency timing")
     e = sub.add_parser("ensemble")
     e.add_argument("inp", type=Path)
     e.add_argument("result", type=Path)
@@ -278,7 +297,17 @@ def main() -> None:
         prepare(a.out)
     elif a.cmd == "run":
         a.out.mkdir(parents=True, exist_ok=True)
-        run(a.inp, a.out, a.steps, a.batch, a.max_length, a.limit, a.threads)
+        run(
+            a.inp,
+            a.out,
+            a.steps,
+            a.batch,
+            a.max_length,
+            a.limit,
+            a.threads,
+            seed=a.seed,
+            time_latency=not a.no_latency,
+        )
     else:
         ensemble(a.inp, a.result, a.artifact)
 
