@@ -79,16 +79,12 @@ def _train_quantiles(
     cat_idx: list[int],
     names: list[str],
     eval_set: tuple[np.ndarray, np.ndarray] | None,
-    weight: np.ndarray | None = None,
-    eval_weight: np.ndarray | None = None,
 ) -> tuple[list[lgb.Booster], list[int]]:
-    """One booster per quantile; ``weight`` / ``eval_weight``: optional per-row weights."""
     boosters, best = [], []
     for alpha in est.quantiles:
         ds = lgb.Dataset(
             F,
             target,
-            weight=weight,
             feature_name=names,
             categorical_feature=cat_idx,
             free_raw_data=True,
@@ -96,7 +92,7 @@ def _train_quantiles(
         )
         valid, callbacks = [], []
         if eval_set is not None:
-            valid = [lgb.Dataset(eval_set[0], eval_set[1], weight=eval_weight, reference=ds)]
+            valid = [lgb.Dataset(eval_set[0], eval_set[1], reference=ds)]
             callbacks = [lgb.early_stopping(est.early_stopping_rounds, verbose=False)]
         b = lgb.train(
             _booster_params(est, alpha),
@@ -376,8 +372,7 @@ class LightGBMDrift:
         points: tuple[int, ...] = DRIFT_POINTS,
         n_random: int = 2,
         text: bool = True,
-        n_random_text: int = 6,
-        text_weight: float = 1.0,
+        n_random_text: int = 10,
         text_ngrams: bool = True,
         drop_prefixes: tuple[str, ...] = ("svd_",),
         fast_predict: bool = True,
@@ -398,7 +393,6 @@ class LightGBMDrift:
         self.n_random = n_random
         self.text = text
         self.n_random_text = n_random_text
-        self.text_weight = text_weight
         self.text_ngrams = text_ngrams
         self.drop_prefixes = drop_prefixes
         # serving batches (< SMALL_BATCH rows) through predictor.fast_trees, as the length model
@@ -424,7 +418,6 @@ class LightGBMDrift:
                 "n_random",
                 "text",
                 "n_random_text",
-                "text_weight",
                 "text_ngrams",
                 "drop_prefixes",
                 "fast_predict",
@@ -515,7 +508,7 @@ class LightGBMDrift:
         self.ngram_ = NgramScore()
         if self.text and self.text_ngrams:
             X = np.hstack([X, self._ngram_column(tx, t, target, r)])
-        ev, w_ev = None, None
+        ev = None
         if eval_set is not None:
             Fe = np.asarray(eval_set[0], dtype=np.float32)[:, self.used_columns_]
             Xe, ye, txe, _, te = self._rows(
@@ -529,30 +522,18 @@ class LightGBMDrift:
             if self.text and self.text_ngrams:
                 Xe = np.hstack([Xe, self._ngram_column(txe, te)])
             ev = (Xe, ye)
-            w_ev = self._row_weights(txe)
         self.feature_names_ = names
         pos = {c: k for k, c in enumerate(self.used_columns_)}
         cats = [pos[c] for c in (categorical_indices or []) if c in pos]
         self.n_text_rows_ = int(np.isfinite(X[:, -1]).sum()) if self.text else 0
-        self.boosters_, self.best_iteration_ = _train_quantiles(
-            self, X, target, cats, names, ev, self._row_weights(tx), w_ev
-        )
+        self.boosters_, self.best_iteration_ = _train_quantiles(self, X, target, cats, names, ev)
         self.p90_shift_ = 0.0
         if ev is not None and self.calibrate:
             lq = _predict(self.boosters_, self.best_iteration_, ev[0], self.num_threads)
-            # unweighted: the shift calibrates p90 coverage over all running requests
             self.p90_shift_ = float(np.quantile(ev[1] - lq[:, 1], self.quantiles[1]))
         self.categorical_indices_ = cats  # in the booster's columns
         self.fitted_ = True
         return self
-
-    def _row_weights(self, tx: list[str | None]) -> np.ndarray | None:
-        """Per-row weights: ``text_weight`` for rows with partial text, 1 otherwise (None when
-        all are 1). Text rows are few among the length corpora, so the shared trees would
-        otherwise spend their splits on the text-less majority."""
-        if self.text_weight == 1.0 or not self.text:
-            return None
-        return np.where([isinstance(v, str) for v in tx], self.text_weight, 1.0)
 
     def _check_fitted(self) -> None:
         if not getattr(self, "fitted_", False):
@@ -641,7 +622,6 @@ class LightGBMDrift:
         hp["drop_prefixes"] = tuple(hp.get("drop_prefixes", ()))  # older artifacts: none
         hp.setdefault("text", False)  # artifacts written before partial-text features
         hp.setdefault("text_ngrams", False)
-        hp.setdefault("text_weight", 1.0)  # artifacts written before text-row weights
         est = cls(**hp)
         est.boosters_ = [_load_booster(d / f"model_q{int(q * 100)}.txt") for q in est.quantiles]
         est.best_iteration_ = [b.current_iteration() for b in est.boosters_]
