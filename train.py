@@ -217,20 +217,9 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> Any:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    # BLAS/OpenMP pools (TF-IDF SVD, ridge, LightGBM's OpenMP) at `threads` as well:
-    # multi-threaded BLAS sums in another order, the features differ in their last bits and
-    # LightGBM splits differently (held-out tau 0.508 vs 0.500 on the default data), so the
-    # thread count comes from the config, not from whatever OMP_NUM_THREADS the shell had.
-    # threadpoolctl limits only the runtimes already loaded: load scipy's, sklearn's and
-    # LightGBM's first.
-    import lightgbm  # noqa: F401
-    import scipy.linalg  # noqa: F401
-    import sklearn.decomposition  # noqa: F401
     from hydra.core.hydra_config import HydraConfig
-    from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=int(cfg.threads)):
-        train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    train(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

@@ -360,7 +360,7 @@ class LightGBMDrift:
         self,
         *,
         n_estimators: int = 600,
-        learning_rate: float = 0.04,
+        learning_rate: float = 0.08,
         num_leaves: int = 63,
         min_child_samples: int = 40,
         feature_fraction: float = 0.8,
