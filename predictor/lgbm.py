@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
 from predictor import fast_trees
@@ -343,7 +344,7 @@ class LightGBMLength(LengthEstimator):
         return est
 
 
-class LightGBMDrift:
+class LightGBMDrift(BaseEstimator):
     """Remaining-length quantiles given not finished after ``t`` tokens (sklearn-style).
 
     ``fit(F, y, admission, texts=...)``: admission features ``F`` (n, d), true lengths ``y``
@@ -399,32 +400,6 @@ class LightGBMDrift:
         self.fast_predict = fast_predict
         self.num_threads = num_threads
         self.random_state = random_state
-
-    def get_params(self, deep: bool = False) -> dict[str, Any]:
-        return {
-            k: getattr(self, k)
-            for k in (
-                "n_estimators",
-                "learning_rate",
-                "num_leaves",
-                "min_child_samples",
-                "feature_fraction",
-                "bagging_fraction",
-                "lambda_l2",
-                "early_stopping_rounds",
-                "quantiles",
-                "calibrate",
-                "points",
-                "n_random",
-                "text",
-                "n_random_text",
-                "text_ngrams",
-                "drop_prefixes",
-                "fast_predict",
-                "num_threads",
-                "random_state",
-            )
-        }
 
     def _rows(
         self,

@@ -32,6 +32,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from torch import nn
 from tqdm.auto import tqdm
@@ -397,6 +398,38 @@ def _p90_shift(head: QuantileHead, ev: tuple[torch.Tensor, ...], q: float) -> fl
     return float(np.quantile(ev[2].double().numpy() - lq[:, 1], q))
 
 
+def _fit_head(
+    est: Any,
+    dense: torch.Tensor,
+    ids: torch.Tensor,
+    target: torch.Tensor,
+    ev: tuple[torch.Tensor, ...] | None,
+    batch_size: int,
+    desc: str,
+) -> int:
+    """Train ``est.head_`` with ``est``'s hyperparameters (early stopping on ``ev``) and set
+    ``est.p90_shift_`` (conformal p90 shift on ``ev`` when ``est.calibrate``); epochs run."""
+    epochs = _train_head(
+        est.head_,
+        dense,
+        ids,
+        target,
+        ev,
+        epochs=est.epochs,
+        batch_size=batch_size,
+        lr=est.lr,
+        weight_decay=est.weight_decay,
+        qs=tuple(est.quantiles),
+        seed=est.random_state,
+        patience=est.patience,
+        desc=desc,
+    )
+    est.p90_shift_ = (
+        _p90_shift(est.head_, ev, est.quantiles[1]) if ev is not None and est.calibrate else 0.0
+    )
+    return epochs
+
+
 def _head_predict(head: QuantileHead, dense: torch.Tensor, ids: torch.Tensor) -> np.ndarray:
     head.eval()
     with torch.no_grad():
@@ -626,25 +659,8 @@ class TransformerLength(LengthEstimator):
                 *_split_features(np.hstack([de, Fe[:, n_dense:]]), n_dense),
                 torch.from_numpy(np.log(eval_set[1]).astype(np.float32)),
             )
-        self.epochs_ = _train_head(
-            self.head_,
-            d,
-            ids,
-            torch.from_numpy(ly.astype(np.float32)),
-            ev,
-            epochs=self.epochs,
-            batch_size=self.head_batch_size,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            qs=tuple(self.quantiles),
-            seed=self.random_state,
-            patience=self.patience,
-            desc="head",
-        )
-        self.p90_shift_ = (
-            _p90_shift(self.head_, ev, self.quantiles[1])
-            if ev is not None and self.calibrate
-            else 0.0
+        self.epochs_ = _fit_head(
+            self, d, ids, torch.from_numpy(ly.astype(np.float32)), ev, self.head_batch_size, "head"
         )
         self.fitted_ = True
         return self
@@ -745,7 +761,7 @@ class TransformerLength(LengthEstimator):
         return est
 
 
-class TransformerDrift:
+class TransformerDrift(BaseEstimator):
     """MLP quantile head on drift features of the transformer's admission features."""
 
     kind: ClassVar[str] = "torch_drift"
@@ -784,28 +800,6 @@ class TransformerDrift:
         self.n_random = n_random
         self.num_threads = num_threads
         self.random_state = random_state
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            k: getattr(self, k)
-            for k in (
-                "epochs",
-                "batch_size",
-                "lr",
-                "weight_decay",
-                "hidden",
-                "id_dim",
-                "dropout",
-                "patience",
-                "emb_dim",
-                "quantiles",
-                "calibrate",
-                "points",
-                "n_random",
-                "num_threads",
-                "random_state",
-            )
-        }
 
     def _layout(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Drift feature rows -> (dense (m, k), ids (m, 5)); ids are the categorical block.
@@ -874,26 +868,7 @@ class TransformerDrift:
             )
             ev = (*self._tensors(Xe), torch.from_numpy(np.log(ye[re_] - te).astype(np.float32)))
         d, ids = self._tensors(X)
-        _train_head(
-            self.head_,
-            d,
-            ids,
-            torch.from_numpy(target),
-            ev,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            qs=tuple(self.quantiles),
-            seed=self.random_state,
-            patience=self.patience,
-            desc="drift head",
-        )
-        self.p90_shift_ = (
-            _p90_shift(self.head_, ev, self.quantiles[1])
-            if ev is not None and self.calibrate
-            else 0.0
-        )
+        _fit_head(self, d, ids, torch.from_numpy(target), ev, self.batch_size, "drift head")
         self.fitted_ = True
         return self
 

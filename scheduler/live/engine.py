@@ -586,34 +586,19 @@ class VllmEngine:
         wall = time.monotonic()
         bar = self._progress(len(prepared), name)
         try:
+            replay_kw = dict(
+                t0=t0,
+                seed=c.seed,
+                greedy=c.length_mode == "trace",
+                abort_after_tokens=abort_after_tokens,
+                timeout_s=c.run_timeout_s,
+                progress=bar,
+                actions=actions,
+            )
             if c.process_mode == "inprocess":
-                replay_inprocess(
-                    llm,
-                    prepared,
-                    metas,
-                    t0=t0,
-                    seed=c.seed,
-                    greedy=c.length_mode == "trace",
-                    abort_after_tokens=abort_after_tokens,
-                    timeout_s=c.run_timeout_s,
-                    progress=bar,
-                    actions=actions,
-                )
+                replay_inprocess(llm, prepared, metas, **replay_kw)
             else:
-                self._call(
-                    replay_async(
-                        llm,
-                        prepared,
-                        metas,
-                        t0=t0,
-                        seed=c.seed,
-                        greedy=c.length_mode == "trace",
-                        abort_after_tokens=abort_after_tokens,
-                        timeout_s=c.run_timeout_s,
-                        progress=bar,
-                        actions=actions,
-                    )
-                )
+                self._call(replay_async(llm, prepared, metas, **replay_kw))
         except BaseException as e:  # engine death, Ctrl-C: keep what was served so far
             attach_partial(e, lambda exc=e: self._partial(prepared, sink, name, seed, exc))
             raise
