@@ -37,8 +37,6 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-LTR_FCFS_RATIO = 2.8  # Learning-to-Rank (Fu et al., 2024): FCFS / LTR latency on chatbot traffic
-
 
 def _original_cwd() -> Path:
     from hydra.core.hydra_config import HydraConfig
@@ -221,6 +219,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
             f"engine (engine=vllm); engine {engine.name!r} supports faults.predictor only"
         )
     pcfgs = policy_configs(cfg)
+    require_preset_predictor(cfg, pcfgs)
     policies = {name: build_policy(pcfg, cfg) for name, pcfg in pcfgs.items()}
     _arm_policies(policies, faults, guard, single=cfg.get("policy") is not None)
     workload = workload_from_config(cfg.workload, seed=seed)
@@ -239,6 +238,43 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
             # (ExitStack) also when a run fails; sweeps build a fresh engine per job.
             stack.enter_context(engine)
         return _evaluate(cfg, run_dir, engine, workload, pcfgs, policies)
+
+
+def require_preset_predictor(cfg: DictConfig, pcfgs: dict[str, DictConfig]) -> None:
+    """A workload preset judged with its own predictor (``workload.predictor``: dir + train
+    overrides) names the command that trains it when a learned policy finds it missing."""
+    pred = cfg.workload.get("predictor")
+    if pred is None or not pred.get("train"):
+        return
+    for name, p in pcfgs.items():
+        d = p.get("predictor_dir")
+        if d is None or str(d) != str(pred.dir):
+            continue
+        if not (_resolve(d) / "length" / "meta.json").is_file():
+            train = " ".join(str(o) for o in pred.train)
+            raise FileNotFoundError(
+                f"policy {name!r}: workload {cfg.workload.get('name')!r} is judged with the "
+                f"predictor at {d}, which is not trained yet; train it with `python train.py "
+                f"{train} out_dir={d} logger=none` (or run the suite: python -m "
+                "report.generalisation, which trains it)"
+            )
+
+
+def train_overlap(cfg: DictConfig, workload: Any, pcfgs: dict[str, DictConfig]) -> dict:
+    """``train_overlap`` per policy (None without a predictor); refuses a learned policy on
+    prompts its predictor trained on unless ``allow_train_overlap`` (``data.holdout``)."""
+    from data.holdout import train_overlaps
+
+    dirs = {
+        name: _resolve(p.predictor_dir) if p.get("predictor_dir") is not None else None
+        for name, p in pcfgs.items()
+    }
+    return train_overlaps(
+        workload.requests,
+        dirs,
+        allow=bool(cfg.get("allow_train_overlap", False)),
+        workload=workload.name,
+    )
 
 
 def _container(node: Any) -> Any:
@@ -282,7 +318,7 @@ def _evaluate(
 ) -> dict[str, dict[str, Any]]:
     from report.progress import sim_observer
     from report.tracking import evaluate_identity, log_evaluation, start_run
-    from scheduler.metrics import comparison_table, summarize
+    from scheduler.metrics import comparison_reading, comparison_table, summarize
 
     seed = int(cfg.seed)
     if cfg.get("rate_rps") is not None:
@@ -293,6 +329,7 @@ def _evaluate(
         rate = float(cfg.utilisation) * capacity
     workload = workload.at_rate(rate)
     slos = workload_slos(workload)
+    overlap = train_overlap(cfg, workload, pcfgs)
     single = len(pcfgs) == 1 and cfg.get("policy") is not None
     print(
         f"workload {workload.name!r} seed {seed}: {len(workload)} requests, "
@@ -319,7 +356,7 @@ def _evaluate(
             policy_params=params,
             engine_params=engine.describe(),
             name=cfg.get("run_name"),
-            extra={"capacity_rps": capacity},
+            extra={"capacity_rps": capacity, "train_overlap": overlap[name]},
         )
         with start_run(lcfg, identity, dir=out_dir) as tracker:
             observer = None
@@ -354,6 +391,10 @@ def _evaluate(
                 "utilisation": cfg.utilisation,
                 "rate_rps": rate,
                 "capacity_rps": capacity,
+                "train_overlap": overlap[name],
+                "allow_train_overlap": bool(cfg.get("allow_train_overlap", False)),
+                "distinct_prompts": workload.distinct_prompts(),
+                "unseen_by": _container(cfg.workload).get("unseen_by"),
                 "sim_wall_s": wall,
                 "policy_params": policy.describe(),
                 "predictor": predictor_health(policy) or result.meta.get("predictor"),
@@ -379,12 +420,15 @@ def _evaluate(
         _atomic_write(run_dir / "comparison.csv", lambda p: table.to_csv(p))
         print()
         print(table.to_string(float_format=lambda v: f"{v:.3f}"))
-        if "drift" in table.index and cfg.baseline in table.index:
-            ratio = table.loc[cfg.baseline, "e2e_mean"] / table.loc["drift", "e2e_mean"]
+        reading = comparison_reading(table, baseline=cfg.baseline, reference=cfg.reference)
+        if reading:
             print(
-                f"\nmean E2E {cfg.baseline}/drift = {ratio:.2f}x (Learning-to-Rank reports "
-                f"{LTR_FCFS_RATIO}x FCFS/LTR on chatbot traffic)"
+                f"\nWhat this says (workload {workload.name!r}, utilisation "
+                f"{cfg.utilisation}, seed {seed}, {workload.distinct_prompts():,} distinct "
+                "prompts; one seed: use a sweep for intervals):"
             )
+            for line in reading:
+                print(f"  - {line}")
         identity = evaluate_identity(
             policy="compare",
             workload=workload.name,

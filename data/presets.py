@@ -12,27 +12,26 @@ from typing import Any
 
 import pandas as pd
 
-from data.splits import (
-    Split,
-    grouped_split,
-    leave_one_model_out,
-    leave_one_source_out,
-    time_split,
-)
+from data.splits import Split, split_by_config
 from data.workload import Workload, WorkloadSpec, _to_container, build_workload
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-PRESETS = ("tenants", "paper")
+PRESETS = ("tenants", "paper", "trace")
 
 
 def workload_from_config(cfg: Any, seed: int = 0) -> Workload:
     """Build the workload a ``workload`` config node describes, with ``seed``."""
     d = _to_container(cfg)
+    d.pop("predictor", None)  # which predictor the preset is meant for (read by evaluate.py)
     preset = d.get("preset", "tenants")
     if preset == "paper":
         from data.paper import PaperSpec, build_paper_workload
 
         return build_paper_workload(PaperSpec.from_config(d), seed)
+    if preset == "trace":
+        from data.trace_workload import TraceSpec, build_trace_workload
+
+        return build_trace_workload(TraceSpec.from_config(d), seed)
     if preset != "tenants":
         raise ValueError(f"workload preset {preset!r}: expected one of {list(PRESETS)}")
     return build_workload(WorkloadSpec.from_config(d), seed)
@@ -80,28 +79,5 @@ def load_workload(name: str, seed: int = 0, overrides: list[str] | None = None) 
 
 
 def split_from_config(df: pd.DataFrame, cfg: Any) -> Split:
-    """Split a training table as ``data.split`` says (kind, fractions, seed, held_out)."""
-    d = _to_container(cfg) if cfg is not None else {}
-    kind = d.get("kind", "grouped")
-    fractions = tuple(d.get("fractions", (0.8, 0.1, 0.1)))
-    if kind == "grouped":
-        return grouped_split(df, fractions, seed=int(d.get("seed", 0)))
-    if kind == "time":
-        return time_split(df, fractions)
-    if kind in ("leave_one_source_out", "leave_one_model_out"):
-        held = d.get("held_out")
-        if held is None:
-            raise ValueError(
-                f"split kind {kind!r} needs data.split.held_out (a "
-                f"{'source' if 'source' in kind else 'model'} name)"
-            )
-        fn = leave_one_source_out if kind == "leave_one_source_out" else leave_one_model_out
-        rest, test = fn(df, str(held))
-        # validation: a grouped slice of the remaining data, so early stopping never sees test
-        f = fractions[1] / max(fractions[0] + fractions[1], 1e-12)
-        inner = grouped_split(rest, (1.0 - f, f, 0.0), seed=int(d.get("seed", 0)))
-        return Split(inner.train, inner.val, test)
-    raise ValueError(
-        f"unknown split kind {kind!r}; expected grouped | time | "
-        "leave_one_source_out | leave_one_model_out"
-    )
+    """Split a training table as ``data.split`` says: ``data.splits.split_by_config``."""
+    return split_by_config(df, _to_container(cfg) if cfg is not None else {})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -164,3 +165,60 @@ def time_split(
         s.iloc[c1:c2].reset_index(drop=True),
         s.iloc[c2:].reset_index(drop=True),
     )
+
+
+SPLIT_KINDS = ("grouped", "time", "leave_one_source_out", "leave_one_model_out")
+
+
+def split_by_config(df: pd.DataFrame, cfg: Any) -> Split:
+    """Train/val/test as a ``data.split`` config node says (``conf/data/default.yaml``).
+
+    ``kind``: ``grouped`` (by prompt, ``fractions`` and ``seed``), ``time`` (chronological),
+    ``leave_one_source_out`` / ``leave_one_model_out`` with ``held_out`` (one name or a list).
+
+    Leave-one-out kinds keep the prompt-grouped partitions of the grouped split: train and
+    validation are the grouped train and validation rows of the *other* sources/models; test is
+    the held-out rows whose prompt group occurs in neither (all of a held-out source's rows; a
+    held-out model's rows on test-partition prompts, since other models answered the train
+    prompts). The other values' test-partition rows are used by nobody, so they stay unseen
+    and a workload may draw from them (``data.holdout``).
+    """
+    d = dict(cfg or {})
+    kind = d.get("kind", "grouped")
+    fractions = tuple(d.get("fractions") or DEFAULT_FRACTIONS)
+    seed = int(d.get("seed") or 0)
+    if kind == "grouped":
+        return grouped_split(df, fractions, seed=seed)
+    if kind == "time":
+        return time_split(df, fractions)
+    if kind not in SPLIT_KINDS:
+        raise ValueError(f"unknown data.split.kind {kind!r}; expected one of {list(SPLIT_KINDS)}")
+    col = "source" if kind == "leave_one_source_out" else "model"
+    held = d.get("held_out")
+    if held is None or (not isinstance(held, str) and len(held) == 0):
+        raise ValueError(
+            f"data.split.kind={kind} needs data.split.held_out (the {col} or list of {col}s "
+            "to hold out)"
+        )
+    names = [held] if isinstance(held, str) else [str(h) for h in held]
+    values = df[col].astype("string")
+    is_held = values.isin(names).fillna(False).to_numpy(dtype=bool)
+    missing = sorted(set(names) - set(values[is_held].unique()))
+    if missing:
+        known = sorted(values.dropna().unique())
+        raise ValueError(
+            f"data.split.held_out: {col}(s) {missing} not in the table; expected names from "
+            f"{known[:20]}{' ...' if len(known) > 20 else ''}"
+        )
+    part = assign_groups(df, fractions, seed)
+    train = ~is_held & (part == 0)
+    val = ~is_held & (part == 1)
+    g = group_keys(df)
+    seen = set(g[train | val])
+    test = is_held & ~g.isin(seen).to_numpy(dtype=bool)
+    if not test.any():
+        raise ValueError(
+            f"data.split.held_out {names}: every held-out row shares a prompt with train/val; "
+            "nothing is left to test on"
+        )
+    return Split(*(df.loc[m].reset_index(drop=True) for m in (train, val, test)))

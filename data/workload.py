@@ -229,6 +229,31 @@ class ArrivalSpec:
 
 
 @dataclass(frozen=True)
+class PhaseSpec:
+    """From request ``start`` (a fraction of ``n_requests`` in (0, 1)) on, tenants send with
+    other weights and/or draw from other mixes (tenants not named keep theirs)."""
+
+    start: float
+    weights: Mapping[str, float] = field(default_factory=dict)  # tenant -> weight
+    mix: Mapping[str, tuple[MixItem, ...]] = field(default_factory=dict)  # tenant -> sources
+
+    def __post_init__(self) -> None:
+        check_number("workload.phases.start", self.start, gt=0)
+        if not self.start < 1:
+            raise ValueError(
+                f"workload.phases.start {self.start!r}: expected a fraction of the requests "
+                "in (0, 1)"
+            )
+        for t, w in self.weights.items():
+            check_number(f"workload.phases.weights.{t}", w, ge=0)
+        for t, ms in self.mix.items():
+            if not ms or not sum(m.weight for m in ms) > 0:
+                raise ValueError(
+                    f"workload.phases.mix.{t}: expected at least one source with weight > 0"
+                )
+
+
+@dataclass(frozen=True)
 class WorkloadSpec:
     name: str
     tenants: tuple[TenantSpec, ...]
@@ -238,6 +263,12 @@ class WorkloadSpec:
     max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS  # longer prompts are filtered out
     sample_outputs: bool = True  # where a source has several sampled lengths per prompt
     # (CASTILLO), the true length is one of them drawn at random, not always the first
+    unseen_by: str | None = None  # draw only prompts this predictor never trained or validated
+    # on: an artifact root (e.g. "artifacts"; the default data split where none is trained
+    # yet), "data:<name>" (the split of conf/data/<name>.yaml) or None (no restriction);
+    # see data.holdout
+    phases: tuple[PhaseSpec, ...] = ()  # later phases of the run with other tenant weights or
+    # mixes (a length mix that shifts mid-run); the first phase is the tenants as given
 
     def __post_init__(self) -> None:
         check_number("workload.n_requests", self.n_requests, ge=1, integer=True)
@@ -251,18 +282,30 @@ class WorkloadSpec:
                 f"tenant weights sum to 0 ({ {t.name: t.weight for t in self.tenants} }); "
                 "expected a positive total"
             )
+        starts = [p.start for p in self.phases]
+        if starts != sorted(starts) or len(set(starts)) != len(starts):
+            raise ValueError(f"workload.phases: starts {starts} must be strictly increasing")
+        names_set = set(names)
+        for p in self.phases:
+            bad = sorted((set(p.weights) | set(p.mix)) - names_set)
+            if bad:
+                raise ValueError(
+                    f"workload.phases (start {p.start:g}): unknown tenant(s) {bad}; expected "
+                    f"names from {names}"
+                )
         check_number("workload.max_tokens", self.max_tokens, ge=1, integer=True)
         check_number("workload.max_prompt_tokens", self.max_prompt_tokens, ge=1, integer=True)
         # every source is checked here, before any file is read (a typo fails in milliseconds)
         from data.loaders import SOURCES
 
-        for t in self.tenants:
-            for m in t.mix:
-                if m.source not in SOURCES:
-                    raise ValueError(
-                        f"tenant {t.name!r}: unknown source {m.source!r} in mix; expected one "
-                        f"of {sorted(SOURCES)}"
-                    )
+        mixes = [(t.name, m) for t in self.tenants for m in t.mix]
+        mixes += [(n, m) for p in self.phases for n, ms in p.mix.items() for m in ms]
+        for tname, m in mixes:
+            if m.source not in SOURCES:
+                raise ValueError(
+                    f"tenant {tname!r}: unknown source {m.source!r} in mix; expected one "
+                    f"of {sorted(SOURCES)}"
+                )
 
     @classmethod
     def from_config(cls, cfg: Any) -> WorkloadSpec:
@@ -282,6 +325,8 @@ class WorkloadSpec:
             "max_tokens",
             "max_prompt_tokens",
             "sample_outputs",
+            "unseen_by",
+            "phases",
         }
         unknown = sorted(set(d) - known)
         if unknown:
@@ -297,7 +342,8 @@ class WorkloadSpec:
             items = list(tenants_cfg)
         tenants = tuple(_tenant_from_dict(t) for t in items)
         arrival = _arrival_from_dict(d.pop("arrival", {}) or {})
-        return cls(tenants=tenants, arrival=arrival, **d)
+        phases = tuple(_phase_from_dict(p) for p in (d.pop("phases", None) or ()))
+        return cls(tenants=tenants, arrival=arrival, phases=phases, **d)
 
 
 def _to_container(cfg: Any) -> dict[str, Any]:
@@ -323,29 +369,7 @@ def _tenant_from_dict(t: Mapping[str, Any]) -> TenantSpec:
     _check_fields(f"tenant {name!r}", t, TenantSpec)
     tier = t.get("tier")
     slo_ttft, slo_e2e = TIER_SLOS.get(tier, (None, None)) if isinstance(tier, str) else (None, None)
-    mix_cfg = t.pop("mix", None)
-    if not mix_cfg:
-        raise ValueError(f"tenant {name!r}: 'mix' is missing or empty")
-    if isinstance(mix_cfg, Mapping):  # {source: weight} shorthand
-        mix = tuple(MixItem(source=s, weight=w) for s, w in mix_cfg.items())
-    else:
-        items = []
-        for m in mix_cfg:
-            if not isinstance(m, Mapping) or "source" not in m:
-                raise ValueError(
-                    f"tenant {name!r}: mix item {m!r}: expected a mapping with a 'source' "
-                    "(and optional weight, models, categories)"
-                )
-            _check_fields(f"tenant {name!r}: mix item {m['source']!r}", m, MixItem)
-            items.append(
-                MixItem(
-                    source=m["source"],
-                    weight=m.get("weight", 1.0),
-                    models=_tup(m.get("models")),
-                    categories=_tup(m.get("categories")),
-                )
-            )
-        mix = tuple(items)
+    mix = _mix_from_config(t.pop("mix", None), f"tenant {name!r}")
     t.setdefault("slo_ttft_s", slo_ttft)
     t.setdefault("slo_e2e_s", slo_e2e)
     if t["slo_ttft_s"] is None or t["slo_e2e_s"] is None:
@@ -353,6 +377,44 @@ def _tenant_from_dict(t: Mapping[str, Any]) -> TenantSpec:
             f"tenant {name!r}: set slo_ttft_s and slo_e2e_s (no default for tier {tier!r})"
         )
     return TenantSpec(mix=mix, **t)
+
+
+def _mix_from_config(mix_cfg: Any, what: str) -> tuple[MixItem, ...]:
+    if not mix_cfg:
+        raise ValueError(f"{what}: 'mix' is missing or empty")
+    if isinstance(mix_cfg, Mapping):  # {source: weight} shorthand
+        return tuple(MixItem(source=s, weight=w) for s, w in mix_cfg.items())
+    items = []
+    for m in mix_cfg:
+        if not isinstance(m, Mapping) or "source" not in m:
+            raise ValueError(
+                f"{what}: mix item {m!r}: expected a mapping with a 'source' "
+                "(and optional weight, models, categories)"
+            )
+        _check_fields(f"{what}: mix item {m['source']!r}", m, MixItem)
+        items.append(
+            MixItem(
+                source=m["source"],
+                weight=m.get("weight", 1.0),
+                models=_tup(m.get("models")),
+                categories=_tup(m.get("categories")),
+            )
+        )
+    return tuple(items)
+
+
+def _phase_from_dict(p: Any) -> PhaseSpec:
+    if not isinstance(p, Mapping) or "start" not in p:
+        raise ValueError(
+            f"workload.phases item {p!r}: expected a mapping with 'start' (a fraction of the "
+            "requests) and optional 'weights' {tenant: w} and 'mix' {tenant: [sources]}"
+        )
+    _check_fields("workload.phases item", p, PhaseSpec)
+    mixes = {
+        str(t): _mix_from_config(m, f"workload.phases (start {p['start']}) tenant {t!r}")
+        for t, m in (p.get("mix") or {}).items()
+    }
+    return PhaseSpec(start=p["start"], weights=dict(p.get("weights") or {}), mix=mixes)
 
 
 def _arrival_from_dict(a: Mapping[str, Any]) -> ArrivalSpec:
@@ -587,6 +649,12 @@ class Workload:
             raise ValueError(f"utilisation {utilisation!r}: expected > 0")
         return self.at_rate(utilisation * capacity_rps)
 
+    def distinct_prompts(self) -> int:
+        """Number of distinct prompts (``data.holdout`` prompt keys) among the requests."""
+        from data.holdout import prompt_keys
+
+        return len(np.unique(prompt_keys(self.requests)))
+
     def head(self, n: int) -> Workload:
         """The first ``n`` requests (for smoke tests)."""
         return replace(self, requests=self.requests.iloc[:n].reset_index(drop=True))
@@ -600,7 +668,13 @@ def arrival_cv(arrivals: np.ndarray) -> float:
     return float(gaps.std() / gaps.mean())
 
 
-def _pool(item: MixItem, max_prompt_tokens: int, reports: list[str]) -> pd.DataFrame:
+def _pool(
+    item: MixItem,
+    max_prompt_tokens: int,
+    reports: list[str],
+    seen: Any = None,
+    unseen_by: Any = None,
+) -> pd.DataFrame:
     df = load_source(item.source)
     if item.models is not None:
         keep = df["model"].isin(item.models).to_numpy()
@@ -627,9 +701,48 @@ def _pool(item: MixItem, max_prompt_tokens: int, reports: list[str]) -> pd.DataF
     )
     if rep.removed:
         reports.append(str(rep))
+    if seen is not None and not df.empty:
+        from data.holdout import prompt_keys
+
+        df, rep = filter_rows(
+            df,
+            ~seen.contains(prompt_keys(df)),
+            f"{item.source}: prompts the predictor never trained or validated on "
+            f"(unseen_by={unseen_by})",
+        )
+        reports.append(str(rep))
     if df.empty:
         raise ValueError(f"mix item {item.source!r}: no rows left after filtering ({rep})")
     return df
+
+
+def _phase_bounds(spec: WorkloadSpec) -> list[tuple[int, int, PhaseSpec | None]]:
+    """(first request, end, phase) of each phase; the first phase (None) is the base tenants."""
+    n = spec.n_requests
+    cuts = [0, *(math.floor(p.start * n) for p in spec.phases), n]
+    phases: list[PhaseSpec | None] = [None, *spec.phases]
+    return [(cuts[i], cuts[i + 1], phases[i]) for i in range(len(phases))]
+
+
+def _phase_weights(spec: WorkloadSpec, phase: PhaseSpec | None) -> np.ndarray:
+    """Tenant weights in force during ``phase``: a phase inherits what it does not set."""
+    w = {t.name: t.weight for t in spec.tenants}
+    for p in spec.phases if phase is not None else ():
+        w.update(p.weights)
+        if p is phase:
+            break
+    return np.array([w[t.name] for t in spec.tenants], dtype=np.float64)
+
+
+def _phase_mix(spec: WorkloadSpec, tenant: TenantSpec, phase: PhaseSpec | None) -> tuple:
+    mix = tenant.mix
+    if phase is None:
+        return mix
+    for p in spec.phases:
+        mix = p.mix.get(tenant.name, mix)
+        if p is phase:
+            break
+    return mix
 
 
 def _tenant_assignment(
@@ -638,6 +751,11 @@ def _tenant_assignment(
     """(arrival times (n,), tenant position (n,)) according to the arrival process."""
     a, n = spec.arrival, spec.n_requests
     if a.kind == "servegen":
+        if spec.phases and any(p.weights for p in spec.phases):
+            raise ValueError(
+                "workload.phases: weights do not apply to servegen arrivals (each tenant is "
+                "its own ServeGen client stream); change mixes only"
+            )
         clients = (
             list(a.servegen_clients)
             if a.servegen_clients is not None
@@ -658,49 +776,72 @@ def _tenant_assignment(
             t = gamma_arrivals(n, a.rate_rps, a.cv, rngs["arrivals"])  # type: ignore[arg-type]
         else:
             t = replay_arrivals(n, trace_times(a.trace, rngs["buckets"]), a.start_s)
-        w = np.array([ten.weight for ten in spec.tenants], dtype=np.float64)
-        owner = rngs["tenants"].choice(len(w), size=n, p=w / w.sum())
+        parts = []
+        for lo, hi, phase in _phase_bounds(spec):
+            w = _phase_weights(spec, phase)
+            if not w.sum() > 0:
+                raise ValueError(f"workload.phases: tenant weights sum to 0 from request {lo}")
+            parts.append(rngs["tenants"].choice(len(w), size=hi - lo, p=w / w.sum()))
+        owner = np.concatenate(parts)
     if a.kind in ("replay", "servegen") and a.rate_rps is not None and n > 1 and t[-1] > t[0]:
         t = t * (((n - 1) / (t[-1] - t[0])) / a.rate_rps)
     return t, owner
 
 
+def _draw_rows(n_pool: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` row positions of a pool of ``n_pool``: without replacement while the pool lasts;
+    beyond it whole shuffled passes over the pool, so every row is used ``k // n_pool`` or
+    one more times (as few repeats as possible, never a few rows many times)."""
+    if k <= n_pool:
+        return rng.choice(n_pool, size=k, replace=False)
+    reps = [rng.permutation(n_pool) for _ in range(-(-k // n_pool))]
+    return np.concatenate(reps)[:k]
+
+
 def build_workload(spec: WorkloadSpec, seed: int = 0) -> Workload:
     """Compose the workload ``spec`` describes; the same (spec, seed) gives identical output."""
+    from data.holdout import resolve_seen
+
     rngs = spawn_streams(seed)
     reports: list[str] = []
+    seen = resolve_seen(spec.unseen_by, reports)
     arrivals, owner = _tenant_assignment(spec, rngs)
     n = spec.n_requests
+    pools: dict[MixItem, pd.DataFrame] = {}
+    bounds = _phase_bounds(spec)
     parts: list[pd.DataFrame] = []
     for pos, ten in enumerate(spec.tenants):
-        idx = np.flatnonzero(owner == pos)  # request positions of this tenant, sorted
-        if len(idx) == 0:
-            continue
-        mw = np.array([m.weight for m in ten.mix], dtype=np.float64)
-        if not mw.sum() > 0:
-            raise ValueError(f"tenant {ten.name!r}: mix weights sum to 0")
-        pick = rngs["sources"].choice(len(mw), size=len(idx), p=mw / mw.sum())
-        for j, item in enumerate(ten.mix):
-            sel = idx[pick == j]
-            if len(sel) == 0:
+        for lo, hi, phase in bounds:
+            idx = lo + np.flatnonzero(owner[lo:hi] == pos)  # this tenant's positions, sorted
+            if len(idx) == 0:
                 continue
-            pool = _pool(item, spec.max_prompt_tokens, reports)
-            k = len(sel)
-            # without replacement while the pool is big enough: no duplicate prompts
-            rows = rngs["rows"].choice(len(pool), size=k, replace=k > len(pool))
-            if k > len(pool):
-                reports.append(
-                    f"{ten.name}/{item.source}: drew {k} rows from a pool of "
-                    f"{len(pool)} (with replacement)"
-                )
-            got = pool.iloc[rows].reset_index(drop=True)
-            got["_pos"] = sel
-            got["tenant"] = ten.name
-            got["tier"] = ten.tier
-            got["max_tokens"] = ten.max_tokens or spec.max_tokens
-            got["slo_ttft_s"] = ten.slo_ttft_s
-            got["slo_e2e_s"] = ten.slo_e2e_s
-            parts.append(got)
+            mix = _phase_mix(spec, ten, phase)
+            mw = np.array([m.weight for m in mix], dtype=np.float64)
+            if not mw.sum() > 0:
+                raise ValueError(f"tenant {ten.name!r}: mix weights sum to 0")
+            pick = rngs["sources"].choice(len(mw), size=len(idx), p=mw / mw.sum())
+            for j, item in enumerate(mix):
+                sel = idx[pick == j]
+                if len(sel) == 0:
+                    continue
+                if item not in pools:
+                    pools[item] = _pool(item, spec.max_prompt_tokens, reports, seen, spec.unseen_by)
+                pool = pools[item]
+                k = len(sel)
+                rows = _draw_rows(len(pool), k, rngs["rows"])
+                if k > len(pool):
+                    reports.append(
+                        f"{ten.name}/{item.source}: drew {k} requests from a pool of "
+                        f"{len(pool)} rows (each row at most {-(-k // len(pool))} times)"
+                    )
+                got = pool.iloc[rows].reset_index(drop=True)
+                got["_pos"] = sel
+                got["tenant"] = ten.name
+                got["tier"] = ten.tier
+                got["max_tokens"] = ten.max_tokens or spec.max_tokens
+                got["slo_ttft_s"] = ten.slo_ttft_s
+                got["slo_e2e_s"] = ten.slo_e2e_s
+                parts.append(got)
     req = pd.concat(parts, ignore_index=True).sort_values("_pos", kind="stable")
     req = req.reset_index(drop=True)
     if len(req) != n:  # every position was assigned exactly once above
@@ -714,7 +855,7 @@ def build_workload(spec: WorkloadSpec, seed: int = 0) -> Workload:
         req["prompt_id"] = req["source_request_id"]
     req["arrival_s"] = arrivals
     req = req.drop(columns=["_pos"])
-    return Workload(
+    w = Workload(
         requests=req,
         tenants=spec.tenants,
         name=spec.name,
@@ -722,6 +863,9 @@ def build_workload(spec: WorkloadSpec, seed: int = 0) -> Workload:
         arrival=spec.arrival.describe(),
         reports=tuple(dict.fromkeys(reports)),
         spec=spec,
+    )
+    return replace(
+        w, reports=(*w.reports, f"{w.distinct_prompts():,} distinct prompts in {n:,} requests")
     )
 
 
@@ -762,8 +906,8 @@ DEFAULT_TENANTS: tuple[TenantSpec, ...] = (
         0.5,
         *TIER_SLOS["premium"],
         mix=(
-            MixItem("sharegpt", 0.6),
-            MixItem("alpaca_eval", 0.4, models=("Meta-Llama-3.1-8B-Instruct-Turbo",)),
+            MixItem("sharegpt", 0.8),
+            MixItem("alpaca_eval", 0.2, models=("Meta-Llama-3.1-8B-Instruct-Turbo",)),
         ),
     ),
     TenantSpec(
@@ -810,6 +954,7 @@ def default_spec(n_requests: int = 3000) -> WorkloadSpec:
         tenants=DEFAULT_TENANTS,
         arrival=ArrivalSpec(kind="replay", trace="azure_conv"),
         n_requests=n_requests,
+        unseen_by="artifacts",
     )
 
 

@@ -24,14 +24,14 @@ import pandas as pd
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
+from data.holdout import attach_to_artifact, seen_from_split, training_spec
 from data.schema import FilterReport, filter_rows
 from data.splits import (
     Split,
     assign_groups,
     grouped_split,
-    leave_one_out,
     leave_one_source_out,
-    time_split,
+    split_by_config,
 )
 from predictor.artifacts import data_hash
 from predictor.datasets import explode_samples, load_training_table, subsample
@@ -115,30 +115,8 @@ def prepare_split(
 
 
 def split_table(df: pd.DataFrame, split: Mapping[str, Any]) -> Split:
-    """Train/val/test per ``data.split`` (conf/data/default.yaml)."""
-    kind = split.get("kind", "grouped")
-    fractions = tuple(split.get("fractions") or (0.8, 0.1, 0.1))
-    seed = int(split.get("seed") or 0)
-    if kind == "grouped":
-        return grouped_split(df, fractions, seed=seed)
-    if kind == "time":
-        return time_split(df, fractions)
-    if kind in ("leave_one_source_out", "leave_one_model_out"):
-        held = split.get("held_out")
-        if held is None:
-            raise ValueError(
-                f"data.split.kind={kind} needs data.split.held_out (the "
-                f"{kind.split('_')[2]} to hold out)"
-            )
-        col = "source" if kind == "leave_one_source_out" else "model"
-        rest, test = leave_one_out(df, col, str(held))
-        f = np.asarray(fractions[:2], dtype=np.float64)
-        inner = grouped_split(rest, (float(f[0] / f.sum()), float(f[1] / f.sum()), 0.0), seed)
-        return Split(inner.train, inner.val, test)
-    raise ValueError(
-        f"unknown data.split.kind {kind!r}; expected grouped, time, "
-        "leave_one_source_out or leave_one_model_out"
-    )
+    """Train/val/test per ``data.split`` (conf/data/default.yaml): ``data.splits.split_by_config``."""
+    return split_by_config(df, split)
 
 
 def crossfit_admission(
@@ -480,6 +458,11 @@ def run_training(
             "latency": latency,
         }
         artifacts["length"] = length_est.save(Path(out_dir) / "length", extra_meta=lmeta)
+        # which prompts the models trained/validated on (workloads then avoid them; the drift
+        # model trains on the same split): before the drift model pins the length fingerprint
+        sp = split_table(table, tc.split)
+        seen = seen_from_split(sp.train, sp.val, training_spec(sources, path, tc.split))
+        attach_to_artifact(artifacts["length"], seen)
         if drift_est is not None:
             from predictor.artifacts import read_meta
 
@@ -488,6 +471,7 @@ def run_training(
                 Path(out_dir) / "drift",
                 extra_meta={**common, "length_fingerprint": fp, "metrics": drift_rows},
             )
+            attach_to_artifact(artifacts["drift"], seen)
     return TrainResult(
         length_table=length_table,
         drift_table=drift_table,

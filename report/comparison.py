@@ -55,6 +55,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("jain", "Jain fairness", "", ("fairness", "jain_tenants"), "higher"),
     Metric("max_wait_s", "max queue wait", "s", ("starvation", "max_wait_s"), "lower"),
     Metric("preemptions", "preemptions", "", ("preemptions", "total"), "lower"),
+    # share of requests whose prompt the policy's predictor trained on (data.holdout); NaN for
+    # policies without a predictor, > 0 only in runs made with allow_train_overlap=true
+    Metric("train_overlap", "train overlap", "", ("train_overlap",), "lower"),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 RATIO_METRICS = ("e2e_mean_s", "e2e_p99_s")  # ratios policy / baseline and policy / reference
@@ -136,7 +139,15 @@ def run_summary(run: Run) -> dict[str, Any]:
 
     extra = {
         k: run.summary.get(k)
-        for k in ("policy", "engine", "workload", "seed", "utilisation", "rate_rps")
+        for k in (
+            "policy",
+            "engine",
+            "workload",
+            "seed",
+            "utilisation",
+            "rate_rps",
+            "train_overlap",
+        )
         if k in run.summary
     }
     return summarize(run.records, slos_from_config(run.config), extra)

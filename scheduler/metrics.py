@@ -268,6 +268,11 @@ def comparison_table(
                 "max_wait": s["starvation"]["max_wait_s"],
                 "jain": s["fairness"]["jain_tenants"],
                 "preempt": s["preemptions"]["total"],
+                # share of requests whose prompt the policy's predictor trained on (NaN: the
+                # policy has no predictor); > 0 only with allow_train_overlap=true
+                "train_overlap": np.nan
+                if s.get("train_overlap") is None
+                else float(s["train_overlap"]),
             }
         )
     df = pd.DataFrame(rows).set_index("policy")
@@ -280,3 +285,44 @@ def comparison_table(
         gap = e2e[baseline] - e2e[reference]
         df["headroom_capture"] = (e2e[baseline] - e2e) / gap if abs(gap) > 1e-12 else np.nan
     return df
+
+
+def comparison_reading(
+    table: pd.DataFrame,
+    baseline: str = "fifo",
+    reference: str = "oracle",
+    oracles: tuple[str, ...] = ("oracle", "srpt_oracle"),
+) -> list[str]:
+    """Plain-language lines for a :func:`comparison_table`: which non-oracle policy has the
+    lowest mean E2E, by how much against ``baseline``, at what tail and premium-TTFT cost."""
+    cands = table.drop(index=[p for p in oracles if p in table.index])
+    if cands.empty or baseline not in table.index:
+        return []
+    best = str(cands["e2e_mean"].idxmin())
+    b, f = table.loc[best], table.loc[baseline]
+    out = [
+        f"lowest mean E2E without true lengths: {best} ({b['e2e_mean']:.1f} s = "
+        f"{b['e2e_mean'] / f['e2e_mean']:.2f}x {baseline}'s {f['e2e_mean']:.1f} s"
+        + (
+            f"; headroom capture {b['headroom_capture']:.2f} of the {baseline}-{reference} gap"
+            if "headroom_capture" in table.columns and np.isfinite(b["headroom_capture"])
+            else ""
+        )
+        + ")",
+        f"its tail: P99 E2E {b['e2e_p99']:.1f} s vs {baseline} {f['e2e_p99']:.1f} s "
+        f"({b['e2e_p99'] / f['e2e_p99']:.2f}x); premium TTFT P99 {b['premium_ttft_p99']:.2f} s "
+        f"vs {f['premium_ttft_p99']:.2f} s; SLO attainment {b['slo_attain']:.3f} vs "
+        f"{f['slo_attain']:.3f}",
+    ]
+    tail = str(table["e2e_p99"].idxmin())
+    if tail != best:
+        out.append(f"lowest P99 E2E: {tail} ({table.loc[tail, 'e2e_p99']:.1f} s)")
+    ov = table["train_overlap"].dropna() if "train_overlap" in table.columns else pd.Series()
+    if len(ov):
+        out.append(
+            "learned policies ran on prompts their predictor never trained on"
+            if (ov == 0).all()
+            else f"WARNING: train_overlap up to {ov.max():.1%} (allow_train_overlap=true): "
+            "learned-policy numbers partly measure memorised prompts"
+        )
+    return out

@@ -20,6 +20,7 @@ def save_tiny_predictor(
     """Fit on ``rows`` (trace schema, prompts included) and save ``root/length`` and
     ``root/drift`` (the drift artifact pinned to the length model's fingerprint), the layout
     ``predictor.serving.load_predictor`` reads. A few seconds on one thread."""
+    from data.holdout import SeenPrompts, attach_to_artifact, prompt_keys
     from predictor.artifacts import read_meta
     from predictor.lgbm import LightGBMDrift, LightGBMLength
     from predictor.serving import fingerprint
@@ -31,6 +32,10 @@ def save_tiny_predictor(
     F = length.featurize(rows)
     drift = LightGBMDrift(n_estimators=drift_trees, num_threads=1)
     drift.fit(F, y, length.predict_features(F))
+    # the tiny models saw exactly ``rows``: recorded like train.py records its split
+    seen = SeenPrompts(prompt_keys(rows), {"sources": None, "path": "tests", "split": {}})
     p = length.save(root / "length")
-    drift.save(root / "drift", extra_meta={"length_fingerprint": fingerprint(read_meta(p))})
+    attach_to_artifact(p, seen)
+    d = drift.save(root / "drift", extra_meta={"length_fingerprint": fingerprint(read_meta(p))})
+    attach_to_artifact(d, seen)
     return root

@@ -95,3 +95,46 @@ def test_time_split_is_chronological():
     assert abs(len(s.train) / len(df) - 0.7) < 1e-3
     with pytest.raises(ValueError, match="needs arrival times"):
         time_split(load_source("castillo"))
+
+
+def _table() -> pd.DataFrame:
+    """3 models x 40 prompts of source a, plus 30 prompts of source b answered by model m0."""
+    rows = []
+    for p in range(40):
+        for m in ("m0", "m1", "m2"):
+            rows.append({"request_id": f"a{p}{m}", "prompt_id": f"a{p}", "source": "a", "model": m})
+    for p in range(30):
+        rows.append({"request_id": f"b{p}", "prompt_id": f"b{p}", "source": "b", "model": "m0"})
+    return pd.DataFrame(rows)
+
+
+def test_split_by_config_leave_one_source_out_keeps_the_grouped_partitions():
+    from data.splits import split_by_config
+
+    df = _table()
+    cfg = {"kind": "leave_one_source_out", "held_out": "b", "fractions": [0.6, 0.2, 0.2]}
+    sp = split_by_config(df, cfg)
+    part = assign_groups(df, (0.6, 0.2, 0.2), 0)
+    rest = df["source"] != "b"
+    assert set(sp.train["request_id"]) == set(df.loc[rest & (part == 0), "request_id"])
+    assert set(sp.val["request_id"]) == set(df.loc[rest & (part == 1), "request_id"])
+    assert set(sp.test["source"]) == {"b"} and len(sp.test) == 30  # all of the held-out source
+    # the other source's test-partition prompts are used by nobody (stay unseen)
+    used = set(sp.train["request_id"]) | set(sp.val["request_id"]) | set(sp.test["request_id"])
+    assert not used & set(df.loc[rest & (part == 2), "request_id"])
+
+
+def test_split_by_config_leave_models_out_tests_only_on_unseen_prompts():
+    from data.splits import split_by_config
+
+    df = _table()
+    sp = split_by_config(df, {"kind": "leave_one_model_out", "held_out": ["m1", "m2"]})
+    assert set(sp.train["model"]) == {"m0"} and set(sp.test["model"]) == {"m1", "m2"}
+    seen = set(sp.train["prompt_id"]) | set(sp.val["prompt_id"])
+    assert len(sp.test) > 0 and not seen & set(sp.test["prompt_id"])
+    with pytest.raises(ValueError, match=r"model\(s\) \['m9'\] not in the table"):
+        split_by_config(df, {"kind": "leave_one_model_out", "held_out": ["m1", "m9"]})
+    with pytest.raises(ValueError, match=r"needs data\.split\.held_out"):
+        split_by_config(df, {"kind": "leave_one_source_out"})
+    with pytest.raises(ValueError, match=r"unknown data\.split\.kind"):
+        split_by_config(df, {"kind": "random"})

@@ -166,3 +166,67 @@ def test_default_config_matches_default_spec():
     spec = WorkloadSpec.from_config(compose_workload_config("default"))
     assert spec == default_spec()
     assert len(load_workload("poisson", 0, ["n_requests=50", "arrival.rate_rps=9"])) == 50
+
+
+def test_default_workload_draws_only_prompts_the_predictor_never_saw():
+    from data.holdout import seen_from_data_config
+
+    w = build_workload(default_spec(3000), seed=0)
+    assert seen_from_data_config("default").overlap(w.requests) == 0.0
+    # enough unseen prompts that 3,000 requests do not keep repeating a few
+    assert w.distinct_prompts() >= 2000
+    assert any("never trained or validated on" in r for r in w.reports)
+    unrestricted = build_workload(replace(default_spec(3000), unseen_by=None), seed=0)
+    assert seen_from_data_config("default").overlap(unrestricted.requests) > 0.5
+
+
+def test_pool_draws_spread_repeats_evenly():
+    from data.workload import _draw_rows
+
+    rng = np.random.default_rng(0)
+    rows = _draw_rows(7, 30, rng)
+    counts = np.bincount(rows, minlength=7)
+    assert counts.min() >= 4 and counts.max() <= 5  # 30 / 7: every row 4 or 5 times
+    assert len(set(_draw_rows(50, 20, rng).tolist())) == 20  # without replacement
+
+
+def test_phases_shift_a_tenants_mix_and_weights_mid_run():
+    spec = WorkloadSpec.from_config(
+        {
+            **spec_to_dict(replace(default_spec(), n_requests=400, unseen_by=None)),
+            "phases": [
+                {
+                    "start": 0.5,
+                    "weights": {"chat": 0.1},
+                    "mix": {"chat": [{"source": "vidur_arxiv"}]},
+                }
+            ],
+        }
+    )
+    r = build_workload(spec, seed=1).requests
+    first, second = r.iloc[:200], r.iloc[200:]
+    assert set(first.loc[first.tenant == "chat", "source"]) == {"sharegpt", "alpaca_eval"}
+    assert set(second.loc[second.tenant == "chat", "source"]) == {"vidur_arxiv"}
+    assert (second.tenant == "chat").mean() < (first.tenant == "chat").mean() / 2
+    assert WorkloadSpec.from_config(spec_to_dict(spec)) == spec  # round trip
+    with pytest.raises(ValueError, match="unknown tenant"):
+        WorkloadSpec.from_config(
+            {**spec_to_dict(spec), "phases": [{"start": 0.3, "weights": {"x": 1}}]}
+        )
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        WorkloadSpec.from_config({**spec_to_dict(spec), "phases": [{"start": 1.5}]})
+
+
+@pytest.mark.parametrize(
+    "name", ["unseen_prompts", "shift", "bursty", "heavy_tail", "memory_bound"]
+)
+def test_generalisation_presets_build(name):
+    w = load_workload(name, 0, ["n_requests=300", "unseen_by=data:default"])
+    assert len(w) == 300 and w.name == name
+    from data.holdout import seen_from_data_config
+
+    assert seen_from_data_config("default").overlap(w.requests) == 0.0
+    if name == "heavy_tail":
+        assert (w.requests["max_tokens"] == 8192).all()
+    if name == "bursty":
+        assert w.cv > 3

@@ -107,6 +107,9 @@ def test_single_policy_writes_records_steps_summary(tiny_artifacts: Path, tmp_pa
     ):
         assert key in s
     assert s["policy"] == "drift" and s["n_requests"] == 60
+    # the workload avoided the predictor's training prompts (data.holdout)
+    assert s["train_overlap"] == 0.0 and s["allow_train_overlap"] is False
+    assert 0 < s["distinct_prompts"] <= 60 and s["unseen_by"] == str(tiny_artifacts)
     assert (out / "config.yaml").is_file()
     assert list(out.glob("wandb/offline-run-*")), "wandb offline run not written"
     assert not list(out.glob(".*.tmp*")) and not list(out.glob(".summary.json.*"))
@@ -132,6 +135,8 @@ def test_bare_command_compares_every_policy(tiny_artifacts: Path, tmp_path: Path
     for p in compare[1:]:
         pd.testing.assert_frame_equal(ids[p], ids[compare[0]])
     assert "headroom_capture" in proc.stdout
+    assert table.loc["sjf", "train_overlap"] == 0.0 and pd.isna(table.loc["fifo", "train_overlap"])
+    assert "What this says" in proc.stdout and "lowest mean E2E without true lengths" in proc.stdout
 
 
 def test_multirun_sweep(tmp_path: Path) -> None:
@@ -195,3 +200,27 @@ def test_skip_finished_skips_only_a_finished_run_of_the_same_config(tmp_path: Pa
     changed = run_cli([*args, "utilisation=0.5"], tmp_path)  # another config: runs again
     assert "skipping" not in changed.stdout
     assert json.loads((out / "summary.json").read_text())["utilisation"] == 0.5
+
+
+def test_preset_with_its_own_predictor_names_the_training_command(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "evaluate.py",
+            "workload=unseen_source",
+            "+policy=sjf",
+            f"workload.predictor.dir={tmp_path / 'loso'}",
+            *SMALL,
+            f"hydra.run.dir={tmp_path / 'r'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode != 0
+    err = proc.stderr + proc.stdout
+    assert "python train.py data.split.kind=leave_one_source_out" in err
+    assert f"out_dir={tmp_path / 'loso'}" in err

@@ -1,0 +1,443 @@
+"""``python -m report.generalisation [--quick]``: the generalisation suite -> docs/GENERALISATION.md.
+
+Every policy of ``conf/evaluate.yaml``'s ``compare`` list x every workload of :data:`SUITE` x
+loads 0.95 and 1.1 x seeds 0, 1, 2 on the simulator, each an ``evaluate.py`` job run in-process
+into ``results_runs/generalisation/<plan>/<workload>/u<load>/seed<seed>/<policy>`` (reused when
+it holds a finished run of the same config, so an interrupted suite resumes). Every number in
+the document is computed from those ``summary.json`` files.
+
+Each suite workload is a preset usable alone (``python evaluate.py workload=<name>``; the
+memory-bound one with ``engine=sim_memory_bound``). Presets that are judged with their own
+predictor (``workload.predictor``: leave-one-source-out, leave-one-model-out) name the
+``train.py`` overrides that make it; the suite trains it first when it is missing. Every
+learned policy runs with ``train_overlap`` 0 (``data.holdout``): the suite refuses otherwise.
+
+Headroom capture = (E2E_fifo - E2E_policy) / (E2E_fifo - E2E_oracle), mean E2E, per seed with
+that seed's FIFO and oracle runs; intervals are 95% t-intervals over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from report.results import REPO, Arm, compose_cfg, fmt_ci, get, md_table, rel, run_arms
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One suite workload: a ``conf/workload`` preset on a ``conf/engine`` preset."""
+
+    name: str
+    workload: str
+    engine: str = "sim"
+
+
+SUITE: tuple[Entry, ...] = (
+    Entry("unseen_prompts", "unseen_prompts"),
+    Entry("unseen_source", "unseen_source"),
+    Entry("unseen_generators", "unseen_generators"),
+    Entry("shift", "shift"),
+    Entry("bursty", "bursty"),
+    Entry("heavy_tail", "heavy_tail"),
+    Entry("memory_bound", "memory_bound", "sim_memory_bound"),
+)
+
+
+@dataclass(frozen=True)
+class SuitePlan:
+    name: str
+    n_requests: int
+    loads: tuple[float, ...]
+    seeds: tuple[int, ...]
+    policies: tuple[str, ...] | None  # None: conf/evaluate.yaml's compare list
+    entries: tuple[str, ...] | None = None  # None: every SUITE entry
+
+
+PLANS: dict[str, SuitePlan] = {
+    "full": SuitePlan("full", 3000, (0.95, 1.1), (0, 1, 2), None),
+    # CI smoke test: every step of the pipeline on small workloads
+    "quick": SuitePlan(
+        "quick",
+        200,
+        (1.1,),
+        (0,),
+        ("fifo", "sjf", "drift", "oracle"),
+        ("unseen_prompts", "shift", "bursty", "memory_bound"),
+    ),
+}
+
+DISPLAY_METRICS = (
+    ("mean E2E (s)", ("latency", "e2e_s", "mean"), False),
+    ("P99 E2E (s)", ("latency", "e2e_s", "p99"), False),
+    ("premium TTFT P99 (s)", ("per_tier", "premium", "latency", "ttft_s", "p99"), False),
+    ("SLO attainment", ("slo", "attainment"), True),
+)
+
+
+def workload_header(name: str) -> str:
+    """The leading comment block of ``conf/workload/<name>.yaml`` (what the preset tests)."""
+    lines = []
+    for line in (REPO / "conf" / "workload" / f"{name}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").rstrip())
+    return " ".join(x for x in lines if x)
+
+
+def preset_predictor(entry: Entry) -> tuple[str, list[str]] | None:
+    """(artifact dir, train.py overrides) of a preset judged with its own predictor."""
+    cfg = compose_cfg([f"workload={entry.workload}", f"engine={entry.engine}"])
+    pred = cfg.workload.get("predictor")
+    if pred is None or not pred.get("train"):
+        return None
+    return str(pred.dir), [str(o) for o in pred.train]
+
+
+def ensure_predictor(
+    directory: str, overrides: Sequence[str], extra: Sequence[str] = (), log: Any = print
+) -> float:
+    """Train ``directory`` with ``python train.py <overrides>`` unless it exists; seconds."""
+    d = Path(directory)
+    if not d.is_absolute():
+        d = REPO / d
+    if (d / "length" / "meta.json").is_file() and (d / "drift" / "meta.json").is_file():
+        return 0.0
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        *overrides,
+        f"out_dir={d}",
+        "logger=none",
+        "hydra.run.dir=" + str(REPO / "outputs" / "train" / "suite" / d.name),
+        *extra,
+    ]
+    log(f"training the suite predictor {rel(d)}: {' '.join(cmd[2:])}")
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def run_suite(
+    plan: SuitePlan, root: Path, over: Sequence[str] = (), log: Any = print
+) -> dict[str, dict[float, dict[int, dict[str, Path]]]]:
+    """Run every job of ``plan``; ``runs[entry][load][seed][policy]`` = its directory."""
+    from data.presets import workload_from_config
+
+    entries = [e for e in SUITE if plan.entries is None or e.name in plan.entries]
+    policies = plan.policies or tuple(compose_cfg([]).compare)
+    runs: dict[str, dict[float, dict[int, dict[str, Path]]]] = {}
+    for e in entries:
+        runs[e.name] = {u: {} for u in plan.loads}
+        for seed in plan.seeds:
+            base = [
+                f"workload={e.workload}",
+                f"engine={e.engine}",
+                f"seed={seed}",
+                f"workload.n_requests={plan.n_requests}",
+                *over,
+            ]
+            cache: dict[str, Any] = {}
+
+            def wl(base: list[str] = base, seed: int = seed, cache: dict = cache) -> Any:
+                if "w" not in cache:
+                    cache["w"] = workload_from_config(compose_cfg(base).workload, seed=seed)
+                return cache["w"]
+
+            for u in plan.loads:
+                d = root / e.name / f"u{u:g}" / f"seed{seed}"
+                arms = [Arm(p, p) for p in policies]
+                t0 = time.perf_counter()
+                runs[e.name][u][seed] = run_arms(d, [*base, f"utilisation={u}"], arms, wl)
+                log(f"  {e.name} u={u:g} seed={seed}: {time.perf_counter() - t0:.1f} s")
+    return runs
+
+
+def _summary(d: Path) -> dict[str, Any]:
+    return json.loads((d / "summary.json").read_text())
+
+
+def collect(
+    runs: Mapping[int, Mapping[str, Path]], baseline: str = "fifo", reference: str = "oracle"
+) -> dict[str, dict[str, list[float]]]:
+    """Per policy: metric -> one value per seed (headroom capture per seed)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for _seed, by_policy in sorted(runs.items()):
+        s = {p: _summary(d) for p, d in by_policy.items()}
+        fifo = get(s.get(baseline, {}), "latency", "e2e_s", "mean")
+        orc = get(s.get(reference, {}), "latency", "e2e_s", "mean")
+        for p, summ in s.items():
+            m = out.setdefault(p, {})
+            for label, path, _pct in DISPLAY_METRICS:
+                m.setdefault(label, []).append(get(summ, *path))
+            e2e = get(summ, "latency", "e2e_s", "mean")
+            gap = fifo - orc
+            m.setdefault("capture", []).append((fifo - e2e) / gap if abs(gap) > 1e-9 else math.nan)
+            m.setdefault("p99_vs_fifo", []).append(
+                get(summ, "latency", "e2e_s", "p99") / get(s[baseline], "latency", "e2e_s", "p99")
+                if baseline in s
+                else math.nan
+            )
+            ov = summ.get("train_overlap")
+            m.setdefault("train_overlap", []).append(math.nan if ov is None else float(ov))
+            m.setdefault("distinct_prompts", []).append(float(summ.get("distinct_prompts") or 0))
+    return out
+
+
+def _mean(v: Sequence[float]) -> float:
+    a = np.asarray([x for x in v if math.isfinite(x)], dtype=float)
+    return float(a.mean()) if len(a) else math.nan
+
+
+def entry_section(
+    e: Entry, runs: Mapping[float, Mapping[int, Mapping[str, Path]]], plan: SuitePlan
+) -> tuple[list[str], dict[float, dict[str, dict[str, list[float]]]]]:
+    lines = [f"### {e.name}", "", workload_header(e.workload), ""]
+    pred = preset_predictor(e)
+    first = next(iter(next(iter(runs.values())).values()))
+    s0 = _summary(next(iter(first.values())))
+    lines.append(
+        f"Preset `workload={e.workload}` on `engine={e.engine}`; predictor "
+        f"`{pred[0] if pred else 'artifacts'}`"
+        + (f" (trained with `python train.py {' '.join(pred[1])}`)" if pred else "")
+        + f"; {plan.n_requests:,} requests, {int(s0.get('distinct_prompts') or 0):,} distinct "
+        f"prompts (seed {min(plan.seeds)}); runs under `{rel(next(iter(first.values())).parents[2])}`."
+    )
+    lines.append("")
+    data: dict[float, dict[str, dict[str, list[float]]]] = {}
+    for u, by_seed in runs.items():
+        m = collect(by_seed)
+        data[u] = m
+        header = [
+            "policy",
+            *[lab for lab, _, _ in DISPLAY_METRICS],
+            "capture",
+            "P99 / FIFO",
+            "train_overlap",
+        ]
+        rows = []
+        for p, v in m.items():
+            ov = [x for x in v["train_overlap"] if math.isfinite(x)]
+            rows.append(
+                [
+                    f"`{p}`",
+                    *[fmt_ci(v[lab], pct=pct) for lab, _, pct in DISPLAY_METRICS],
+                    fmt_ci(v["capture"]),
+                    fmt_ci(v["p99_vs_fifo"]),
+                    f"{max(ov):.3f}" if ov else "-",
+                ]
+            )
+        lines += [f"Utilisation {u:g} ({len(by_seed)} seeds):", "", md_table(header, rows), ""]
+    return lines, data
+
+
+def overview(
+    data: Mapping[str, Mapping[float, Mapping[str, Mapping[str, list[float]]]]],
+    metric: str,
+    digits: int = 2,
+) -> str:
+    """Policies x (workload, load): the seed mean of ``metric``."""
+    cols = [(e, u) for e, by_u in data.items() for u in by_u]
+    policies = list(dict.fromkeys(p for by_u in data.values() for m in by_u.values() for p in m))
+    rows = []
+    for p in policies:
+        row = [f"`{p}`"]
+        for e, u in cols:
+            v = data[e][u].get(p, {}).get(metric)
+            x = _mean(v) if v else math.nan
+            row.append(f"{x:.{digits}f}" if math.isfinite(x) else "n/a")
+        rows.append(row)
+    return md_table(["policy", *[f"{e} @{u:g}" for e, u in cols]], rows)
+
+
+def figure(
+    data: Mapping[str, Mapping[float, Mapping[str, Mapping[str, list[float]]]]], path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [(e, u) for e, by_u in data.items() for u in by_u]
+    policies = list(dict.fromkeys(p for by_u in data.values() for m in by_u.values() for p in m))
+    fig, axes = plt.subplots(1, 2, figsize=(max(10, 1.3 * len(cols)), 0.5 * len(policies) + 3))
+    for ax, metric, title, cmap, lim in (
+        (axes[0], "capture", "headroom capture (1 = oracle, 0 = FIFO)", "RdYlGn", (-1, 1)),
+        (axes[1], "p99_vs_fifo", "P99 E2E / FIFO's", "RdYlGn_r", (0, 2)),
+    ):
+        grid = np.array(
+            [
+                [_mean(data[e][u].get(p, {}).get(metric, [math.nan])) for e, u in cols]
+                for p in policies
+            ]
+        )
+        im = ax.imshow(grid, cmap=cmap, vmin=lim[0], vmax=lim[1], aspect="auto")
+        ax.set_xticks(range(len(cols)), [f"{e}\n@{u:g}" for e, u in cols], fontsize=7)
+        ax.set_yticks(range(len(policies)), policies, fontsize=8)
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                if math.isfinite(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def reading(
+    data: Mapping[str, Mapping[float, Mapping[str, Mapping[str, list[float]]]]],
+) -> list[str]:
+    """Computed sentences: the best non-oracle policy per workload and load, and drift's place."""
+    out = []
+    for e, by_u in data.items():
+        for u, m in by_u.items():
+            cands = {
+                p: _mean(v["mean E2E (s)"])
+                for p, v in m.items()
+                if p not in ("oracle", "srpt_oracle") and math.isfinite(_mean(v["mean E2E (s)"]))
+            }
+            if not cands:
+                continue
+            best = min(cands, key=cands.get)  # type: ignore[arg-type]
+            line = (
+                f"- **{e} @{u:g}**: best non-oracle mean E2E `{best}` "
+                f"({cands[best]:.1f} s, capture {_mean(m[best]['capture']):.2f}, P99/FIFO "
+                f"{_mean(m[best]['p99_vs_fifo']):.2f})"
+            )
+            if "drift" in m and best != "drift":
+                d = _mean(m["drift"]["mean E2E (s)"])
+                line += (
+                    f"; `drift` {100 * (d / cands[best] - 1):+.1f}% mean E2E vs it, capture "
+                    f"{_mean(m['drift']['capture']):.2f}, P99/FIFO "
+                    f"{_mean(m['drift']['p99_vs_fifo']):.2f}"
+                )
+            out.append(line + ".")
+    return out
+
+
+def write_document(
+    plan: SuitePlan,
+    root: Path,
+    doc: Path,
+    runs: Mapping[str, Mapping[float, Mapping[int, Mapping[str, Path]]]],
+    wall_s: float,
+    train_s: float,
+) -> dict[str, Any]:
+    data: dict[str, dict[float, dict[str, dict[str, list[float]]]]] = {}
+    sections: list[str] = []
+    for e in SUITE:
+        if e.name not in runs:
+            continue
+        lines, d = entry_section(e, runs[e.name], plan)
+        data[e.name] = d
+        sections += lines
+    fig = doc.parent / "figures" / f"generalisation_{plan.name}.png"
+    figure(data, fig)
+    n_jobs = sum(
+        len(by_p) for by_u in runs.values() for by_s in by_u.values() for by_p in by_s.values()
+    )
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    head = [
+        "# Generalisation suite",
+        "",
+        f"Regenerated by `python -m report.generalisation{' --quick' if plan.name == 'quick' else ''}`"
+        f" (plan `{plan.name}`): {len(runs)} workloads x {len(plan.loads)} loads x "
+        f"{len(plan.seeds)} seeds x every policy = {n_jobs} simulator jobs, "
+        f"{wall_s / 60:.1f} min wall on this 2-core machine (OMP_NUM_THREADS={threads}; "
+        f"training the suite's own predictors took {train_s / 60:.1f} min of it). "
+        "Never edited by hand.",
+        "",
+        "Protocol: every learned policy is evaluated on prompts its predictor never trained or "
+        "validated on (`train_overlap` = 0 in every row; `data/holdout.py`), with the same "
+        "artifacts for every learned policy of a workload. Headroom capture = (E2E_fifo - "
+        "E2E_policy) / (E2E_fifo - E2E_oracle) per seed (oracle = non-preemptive, true "
+        "lengths); intervals are 95% t-intervals over seeds. `P99 / FIFO` < 1 is a better tail "
+        "than FIFO.",
+        "",
+        "## Reading",
+        "",
+        *reading(data),
+        "",
+        "## Headroom capture (mean over seeds)",
+        "",
+        overview(data, "capture"),
+        "",
+        "## P99 E2E relative to FIFO (mean over seeds)",
+        "",
+        overview(data, "p99_vs_fifo"),
+        "",
+        f"![capture and tail]({fig.relative_to(doc.parent)})",
+        "",
+        "## Workloads",
+        "",
+        *sections,
+    ]
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(head) + "\n")
+    key = {
+        e: {
+            f"{u:g}": {p: {k: _mean(v) for k, v in m.items()} for p, m in by_p.items()}
+            for u, by_p in by_u.items()
+        }
+        for e, by_u in data.items()
+    }
+    return key
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="python -m report.generalisation", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="the CI smoke plan (small, 1 seed)")
+    ap.add_argument("--runs", default=str(REPO / "results_runs" / "generalisation"))
+    ap.add_argument("--doc", default=None, help="default docs/GENERALISATION.md (full plan)")
+    ap.add_argument(
+        "--train-arg",
+        action="append",
+        default=[],
+        help="extra train.py override for the suite's own predictors (repeatable)",
+    )
+    ap.add_argument(
+        "--override", action="append", default=[], help="extra evaluate.py override (repeatable)"
+    )
+    a = ap.parse_args(argv)
+    plan = PLANS["quick" if a.quick else "full"]
+    root = Path(a.runs) / plan.name
+    # the full plan is the documented study; a quick run writes beside its run directories
+    if a.doc:
+        doc = Path(a.doc)
+    elif plan.name == "full":
+        doc = REPO / "docs" / "GENERALISATION.md"
+    else:
+        doc = root / "GENERALISATION.md"
+    os.environ.setdefault("DRIFTSCHED_PROGRESS", "off")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    t0 = time.perf_counter()
+    train_s = 0.0
+    for e in SUITE:
+        if plan.entries is not None and e.name not in plan.entries:
+            continue
+        pred = preset_predictor(e)
+        if pred is not None:
+            train_s += ensure_predictor(pred[0], pred[1], a.train_arg)
+    runs = run_suite(plan, root, a.override)
+    wall = time.perf_counter() - t0
+    key = write_document(plan, root, doc, runs, wall, train_s)
+    (root / "key_numbers.json").write_text(json.dumps(key, indent=1, default=str))
+    print(f"wrote {doc} ({wall / 60:.1f} min); key numbers in {root / 'key_numbers.json'}")
+    return key
+
+
+if __name__ == "__main__":
+    main()

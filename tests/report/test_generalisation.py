@@ -1,0 +1,74 @@
+"""report.generalisation: the suite pipeline on a reduced plan, and its presets."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import report.generalisation as gen
+
+
+@pytest.fixture(scope="module")
+def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from scheduler.sim.synthetic import synthetic_frame
+    from tests.tiny_predictor import save_tiny_predictor
+
+    df = synthetic_frame(600, seed=3)
+    rng = np.random.default_rng(0)
+    words = np.array(["explain", "summarize", "list", "write", "report", "brief"])
+    df["prompt"] = [" ".join(rng.choice(words, size=5)) + f" {i}" for i in range(len(df))]
+    df["prompt_id"] = [f"p{i}" for i in range(len(df))]
+    return save_tiny_predictor(tmp_path_factory.mktemp("artifacts"), df)
+
+
+def test_every_suite_entry_is_a_documented_preset() -> None:
+    assert len(gen.SUITE) >= 7
+    for e in gen.SUITE:
+        assert (gen.REPO / "conf" / "workload" / f"{e.workload}.yaml").is_file()
+        assert (gen.REPO / "conf" / "engine" / f"{e.engine}.yaml").is_file()
+        assert "Tests:" in gen.workload_header(e.workload)
+    own = {e.name: gen.preset_predictor(e) for e in gen.SUITE}
+    assert own["unseen_source"][0] == "artifacts/loso_sharegpt"
+    assert "data.split.held_out=sharegpt" in own["unseen_source"][1]
+    assert own["unseen_prompts"] is None
+
+
+def test_quick_suite_writes_the_document(
+    tiny_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = replace(gen.PLANS["quick"], n_requests=60, entries=("unseen_prompts", "memory_bound"))
+    monkeypatch.setitem(gen.PLANS, "quick", plan)
+    doc = tmp_path / "GEN.md"
+    key = gen.main(
+        [
+            "--quick",
+            "--runs",
+            str(tmp_path / "runs"),
+            "--doc",
+            str(doc),
+            "--override",
+            f"predictor_dir={tiny_artifacts}",
+            "--override",
+            "engine.capacity_sample=60",
+        ]
+    )
+    text = doc.read_text()
+    for part in ("## Reading", "## Headroom capture", "### unseen_prompts", "### memory_bound"):
+        assert part in text
+    assert (tmp_path / "figures" / "generalisation_quick.png").is_file()
+    assert set(key) == {"unseen_prompts", "memory_bound"}
+    drift = key["unseen_prompts"]["1.1"]["drift"]
+    assert drift["train_overlap"] == 0.0
+    # memory-bound: a real FIFO-oracle gap even at 60 requests
+    assert key["memory_bound"]["1.1"]["fifo"]["capture"] == 0.0
+    assert key["memory_bound"]["1.1"]["oracle"]["capture"] == pytest.approx(1.0)
+    s = json.loads(
+        (
+            tmp_path / "runs" / "quick" / "memory_bound" / "u1.1" / "seed0" / "sjf" / "summary.json"
+        ).read_text()
+    )
+    assert s["engine_meta"]["num_gpu_blocks"] == 532
