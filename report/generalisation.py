@@ -129,14 +129,27 @@ def ensure_predictor(
     return time.perf_counter() - t0
 
 
+def suite_policies(plan: SuitePlan) -> tuple[str, ...]:
+    """The plan's policies: its own list, else ``conf/evaluate.yaml``'s ``compare``."""
+    return plan.policies or tuple(compose_cfg([]).compare)
+
+
 def run_suite(
-    plan: SuitePlan, root: Path, over: Sequence[str] = (), log: Any = print
+    plan: SuitePlan,
+    root: Path,
+    over: Sequence[str] = (),
+    log: Any = print,
+    arms: Sequence[Arm] | None = None,
 ) -> dict[str, dict[float, dict[int, dict[str, Path]]]]:
-    """Run every job of ``plan``; ``runs[entry][load][seed][policy]`` = its directory."""
+    """Run every job of ``plan``; ``runs[entry][load][seed][label]`` = its directory.
+
+    ``arms``: the jobs per (workload, load, seed), default one per policy of the plan; an
+    arm's directory is ``root/<workload>/u<load>/seed<seed>/<label>`` (finished runs of the
+    same config are reused, so the ablations share the suite's baseline runs)."""
     from data.presets import workload_from_config
 
     entries = [e for e in SUITE if plan.entries is None or e.name in plan.entries]
-    policies = plan.policies or tuple(compose_cfg([]).compare)
+    arms = list(arms) if arms is not None else [Arm(p, p) for p in suite_policies(plan)]
     runs: dict[str, dict[float, dict[int, dict[str, Path]]]] = {}
     for e in entries:
         runs[e.name] = {u: {} for u in plan.loads}
@@ -146,6 +159,9 @@ def run_suite(
                 f"engine={e.engine}",
                 f"seed={seed}",
                 f"workload.n_requests={plan.n_requests}",
+                # the policies are given explicitly: a changed compare list in evaluate.yaml
+                # must not invalidate finished runs (they are reused by config equality)
+                "compare=[]",
                 *over,
             ]
             cache: dict[str, Any] = {}
@@ -157,7 +173,6 @@ def run_suite(
 
             for u in plan.loads:
                 d = root / e.name / f"u{u:g}" / f"seed{seed}"
-                arms = [Arm(p, p) for p in policies]
                 t0 = time.perf_counter()
                 runs[e.name][u][seed] = run_arms(d, [*base, f"utilisation={u}"], arms, wl)
                 log(f"  {e.name} u={u:g} seed={seed}: {time.perf_counter() - t0:.1f} s")

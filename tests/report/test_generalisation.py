@@ -6,23 +6,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import report.generalisation as gen
-
-
-@pytest.fixture(scope="module")
-def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from scheduler.sim.synthetic import synthetic_frame
-    from tests.tiny_predictor import save_tiny_predictor
-
-    df = synthetic_frame(600, seed=3)
-    rng = np.random.default_rng(0)
-    words = np.array(["explain", "summarize", "list", "write", "report", "brief"])
-    df["prompt"] = [" ".join(rng.choice(words, size=5)) + f" {i}" for i in range(len(df))]
-    df["prompt_id"] = [f"p{i}" for i in range(len(df))]
-    return save_tiny_predictor(tmp_path_factory.mktemp("artifacts"), df)
 
 
 def test_every_suite_entry_is_a_documented_preset() -> None:
@@ -38,7 +24,7 @@ def test_every_suite_entry_is_a_documented_preset() -> None:
 
 
 def test_quick_suite_writes_the_document(
-    tiny_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    suite_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     plan = replace(gen.PLANS["quick"], n_requests=60, entries=("unseen_prompts", "memory_bound"))
     monkeypatch.setitem(gen.PLANS, "quick", plan)
@@ -51,7 +37,7 @@ def test_quick_suite_writes_the_document(
             "--doc",
             str(doc),
             "--override",
-            f"predictor_dir={tiny_artifacts}",
+            f"predictor_dir={suite_artifacts}",
             "--override",
             "engine.capacity_sample=60",
         ]

@@ -1,0 +1,50 @@
+"""report.ablations: drift's mechanisms on/off beside the baselines, on a reduced plan."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import report.ablations as abl
+import report.generalisation as gen
+
+
+def test_variants_switch_exactly_one_mechanism_on() -> None:
+    core = set(abl.CORE)
+    for v in abl.VARIANTS[1:-1]:
+        assert len(core - set(v.overrides)) in (1, 2)  # the guard is two settings
+        assert set(v.overrides) <= core
+    assert abl.VARIANTS[0].overrides == abl.CORE and abl.VARIANTS[-1].overrides == ()
+
+
+def test_quick_ablations_write_the_document(
+    suite_artifacts: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plan = replace(gen.PLANS["quick"], n_requests=60, entries=("memory_bound",))
+    monkeypatch.setitem(abl.PLANS, "quick", plan)
+    monkeypatch.setattr(abl, "LOW_LOADS", (0.5,))
+    doc = tmp_path / "ABL.md"
+    key = abl.main(
+        [
+            "--quick",
+            "--runs",
+            str(tmp_path / "runs"),
+            "--doc",
+            str(doc),
+            "--override",
+            f"predictor_dir={suite_artifacts}",
+            "--override",
+            "engine.capacity_sample=60",
+        ]
+    )
+    text = doc.read_text()
+    for part in ("## Arms", "## Targets", "Light load", "### memory_bound", "`drift-core`"):
+        assert part in text
+    # the core variant is its own reference; every other variant has one paired delta per seed
+    assert len(key["drift+recal|memory_bound|1.1"]) == 1
+    d = key["drift|memory_bound|1.1"][0]
+    assert d > -1 and d == d  # a finite relative change
