@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
@@ -53,6 +54,8 @@ from scheduler.request import SchedRequest, Status, runtime_class
 
 URGENT_OFFSET = -1e12  # urgent keys: URGENT_OFFSET + deadline (EDF, ahead of every score)
 DEFAULT_TTFT_SLO_S: dict[str, float] = {"premium": 1.0, "standard": 5.0, "batch": 60.0}
+THROUGHPUT_WINDOW = 256  # finished requests behind the measured seconds per token
+DEFAULT_SECONDS_PER_TOKEN = 0.002  # before 32 have finished (~500 tok/s: one L4, batched)
 
 
 class DriftPolicy(Policy):
@@ -83,8 +86,19 @@ class DriftPolicy(Policy):
         slo_fraction: float = 0.5,
         recalibrate: bool = True,
         require_drift: bool = True,
+        boost_gamma: float | None = None,
+        seconds_per_token: float | None = None,
     ) -> None:
         self.predictor_dir = str(predictor_dir)
+        # learned gamma-Boost ranking (see _boosted): None = rank on the score itself
+        if boost_gamma is not None and not boost_gamma > 0:
+            raise ValueError(f"drift: boost_gamma {boost_gamma!r}: expected > 0 or null")
+        self.boost_gamma = None if boost_gamma is None else float(boost_gamma)
+        self.seconds_per_token = None if seconds_per_token is None else float(seconds_per_token)
+        self._size_sum = 0.0  # admission p50s seen (for the boost's size scale)
+        self._size_n = 0
+        self._done: deque[tuple[float, int]] = deque(maxlen=THROUGHPUT_WINDOW)
+        self._done_tokens = 0
         self.lengths = LearnedLengths(
             predictor_dir, require_drift=require_drift, recalibrate=recalibrate
         )
@@ -146,13 +160,40 @@ class DriftPolicy(Policy):
             - credit
         )
 
+    # ------------------------------------------------------------------ gamma-Boost
+    def _tau(self) -> float:
+        """Seconds of engine time per generated token: the completion throughput of the last
+        ``THROUGHPUT_WINDOW`` finished requests (``seconds_per_token`` when set, or before
+        enough requests have finished)."""
+        if self.seconds_per_token is not None:
+            return self.seconds_per_token
+        d = self._done
+        if len(d) < 32:
+            return DEFAULT_SECONDS_PER_TOKEN
+        span = d[-1][0] - d[0][0]
+        tokens = self._done_tokens - d[0][1]
+        return span / tokens if span > 0 and tokens > 0 else DEFAULT_SECONDS_PER_TOKEN
+
+    def _boosted(self, r: SchedRequest, work: float) -> float:
+        """gamma-Boost (Yu & Scully, SIGMETRICS 2024) with the learned size: the key is the
+        *boosted arrival time* ``arrival_s - tau * b(work)``, ``b(s) = -log(1 - exp(-g s)) / g``
+        tokens, ``g = boost_gamma / mean predicted size``. Small jobs get large boosts (SJF on
+        the prediction between close arrivals) but every boost is bounded, so a request that
+        is predicted long is overtaken only by requests that arrived less than ``tau * b(1)``
+        seconds after it: a starvation bound that holds under sustained overload, where an
+        urgency rule ("oldest first once late") degrades to FIFO. gamma -> 0: SJF; large: FIFO."""
+        g = self.boost_gamma / max(1.0, self._size_sum / max(1, self._size_n))  # type: ignore[operator]
+        b = -math.log(-math.expm1(-g * max(1.0, work))) / g
+        return r.arrival_s - self._tau() * b
+
     def _set(self, r: SchedRequest, p50: float, p90: float, now: float) -> None:
         r.est_remaining = p50
         r.est_updated_at_tokens = r.num_output_tokens
         total = r.num_output_tokens + p50
         r.record_estimate(now, total, runtime_class(r.prompt_tokens + total))
         if r.index not in self._urgent:
-            r.sched_key = self._score(r, p50, p90)
+            score = self._score(r, p50, p90)
+            r.sched_key = score if self.boost_gamma is None else self._boosted(r, score)
         g = r.num_output_tokens
         self._next_update[r.index] = g + max(self.min_delta_tokens, int(self.rel_delta * g))
         if r.index in self._running:
@@ -231,6 +272,8 @@ class DriftPolicy(Policy):
             self._adm[r.index] = row
             r.est_output_tokens = p50
             r.est_output_p90 = p90
+            self._size_sum += p50
+            self._size_n += 1
             self._set(r, p50, p90, now)
             heapq.heappush(self._promo, (r.arrival_s + self._urgent_after[r.tier], r.index))
             self._push_waiting(r)
@@ -336,6 +379,9 @@ class DriftPolicy(Policy):
         return out
 
     def on_finish(self, requests: Sequence[SchedRequest], now: float) -> None:
+        for r in requests:
+            self._done_tokens += r.num_output_tokens
+            self._done.append((now, self._done_tokens))
         self.lengths.observe(requests)
         self._forget(requests)
 
@@ -375,5 +421,7 @@ class DriftPolicy(Policy):
             "slo_tiers": ",".join(self.slo_tiers),
             "slo_fraction": self.slo_fraction,
             **{f"tier_weight_{t}": w for t, w in self.tier_weight.items()},
+            "boost_gamma": self.boost_gamma,
+            "seconds_per_token": self.seconds_per_token,
             "predictor_failed": self.lengths.failed,
         }
