@@ -133,8 +133,7 @@ class PreemptivePolicy(Policy):
         for r in requests:
             for d in (self._reqs, self._running, self._ver, self._enq_t):
                 d.pop(r.index, None)
-            if self._ref is r:
-                self._ref = None
+        # (an ended reference request is replaced in on_step, carrying its progress)
 
     def on_finish(self, requests: Sequence[SchedRequest], now: float) -> None:
         self._forget(requests)
@@ -164,6 +163,13 @@ class PreemptivePolicy(Policy):
         # differ in size after a memory preemption: O(1) check instead of a scan per step
         if len(self._running) != len(running):
             self._reconcile(running, now)
+        ref = self._ref
+        if ref is not None and ref.status is not Status.RUNNING and running:
+            # the reference left the batch: hand its progress to another running request, so
+            # re-keying keeps its cadence (a finish or preemption alone forces none)
+            done = ref.num_output_tokens - self._ref_tokens
+            self._ref = running[0]
+            self._ref_tokens = running[0].num_output_tokens - done
         if running and self._tokens_to_rekey() <= 0:
             self._rekey(running, now)
 
@@ -189,22 +195,21 @@ class PreemptivePolicy(Policy):
             return r
         return None
 
-    def _candidates(self, k: int) -> list[SchedRequest]:
-        """Up to ``k`` best waiting requests that already missed an admission round."""
-        h, out, keep = self._wait, [], []
-        while h and len(out) < k:
+    def _pop_candidate(self, taken: list[tuple[float, float, int, int]]) -> SchedRequest | None:
+        """Pop the best waiting request that already missed an admission round (its entry goes
+        to ``taken``, to be pushed back); None when the head may still be admitted this round."""
+        h = self._wait
+        while h:
             _key, _arr, idx, v = h[0]
             r = self._reqs.get(idx)
             if r is None or v != self._ver.get(idx) or r.status is not Status.WAITING:
                 heapq.heappop(h)  # admitted, ended or re-keyed since: never valid again
                 continue
             if self._enq_t.get(idx, math.inf) > self._prev_step:
-                break  # it may still be admitted in this step's round
-            keep.append(heapq.heappop(h))
-            out.append(r)
-        for e in keep:
-            heapq.heappush(h, e)
-        return out
+                return None
+            taken.append(heapq.heappop(h))
+            return r
+        return None
 
     def preempt(
         self, running: Sequence[SchedRequest], waiting: Sequence[SchedRequest], now: float
@@ -217,14 +222,17 @@ class PreemptivePolicy(Policy):
             k = min(k, self.max_preempt_per_step)
         if k <= 0 or not self._victims:
             return []
-        cands = self._candidates(k)
-        if not cands:
-            return []
         out: list[SchedRequest] = []
+        taken: list[tuple[float, float, int, int]] = []
         vi = 0
         n_run = len(running)
         victims = self._victims
-        for c in cands:
+        # candidates best first, victims worst first, fetched lazily: the common step (the first
+        # pair does not pay) touches one heap entry and one victim
+        while len(out) < k:
+            c = self._pop_candidate(taken)
+            if c is None:
+                break
             v = None
             while vi < len(victims):
                 q = victims[vi]
@@ -238,6 +246,8 @@ class PreemptivePolicy(Policy):
             if self._gain_tokens(v, c) <= self.min_gain_tokens + cost:
                 break  # pairs are sorted: later ones gain less
             out.append(v)
+        for e in taken:
+            heapq.heappush(self._wait, e)
         for v in out:
             self._requeue(v, now)
         return out

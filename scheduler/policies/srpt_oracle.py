@@ -31,6 +31,7 @@ fast-forward horizon.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -53,7 +54,7 @@ class SRPTOraclePolicy(PreemptivePolicy):
         recompute_cost_per_token: float = 0.0015,
         max_preemptions: int | None = None,
         max_preempt_per_step: int | None = 1,
-        rekey_every: int = 8,
+        rekey_every: int = 16,
     ) -> None:
         super().__init__(
             max_preemptions=max_preemptions,
@@ -71,9 +72,15 @@ class SRPTOraclePolicy(PreemptivePolicy):
         return true_remaining(request) + self.prompt_weight * left_prompt
 
     def _running_keys(self, running: Sequence[SchedRequest], now: float) -> None:
-        super()._running_keys(running, now)
-        # the first slot the batch frees by itself: min true remaining work of the running
-        self._next_finish = min(true_remaining(r) for r in running)
+        # one pass: keys and the first slot the batch frees by itself (min true remaining)
+        pw = self.prompt_weight
+        nf = math.inf
+        for r in running:
+            rem = min(r.true_output_tokens, r.max_tokens) - r.num_output_tokens
+            r.sched_key = rem + pw * max(0, r.prompt_tokens - r.num_computed_tokens) if pw else rem
+            if rem < nf:
+                nf = rem
+        self._next_finish = nf
 
     def _gain_tokens(self, victim: SchedRequest, cand: SchedRequest) -> float:
         # the candidate saves at most the wait until a running request finishes anyway (the

@@ -59,7 +59,7 @@ class TrailPolicy(PreemptivePolicy):
         max_preemptions: int | None = None,
         min_gain_tokens: float = 0.0,
         recompute_cost_per_token: float = 0.0015,
-        rekey_every: int = 16,
+        rekey_every: int = 32,
         min_delta_tokens: int = 32,
         rel_delta: float = 0.5,
         recalibrate: bool = False,
