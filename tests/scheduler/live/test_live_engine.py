@@ -403,3 +403,38 @@ def test_multiprocess_engine_with_a_real_policy_spec(tiny_cache, seq1, kv):
     assert order == ["r1", "r3", "r2"]
     assert list(res.records.columns) == ["engine", "policy", *RECORD_COLUMNS]
     assert res.meta["live_policy_state_after_run"] == 0
+
+
+# ----------------------------------------------------------------------------- baselines
+@pytest.mark.parametrize("name", ["uniboost", "tie", "trail", "srpt_oracle"])
+def test_baselines_serve_every_request_live_and_leave_no_state(kv, tiny_artifacts, name):
+    from scheduler.policies.srpt_oracle import SRPTOraclePolicy
+    from scheduler.policies.tie import TIEPolicy
+    from scheduler.policies.trail import TrailPolicy
+    from scheduler.policies.uniboost import UniBoostPolicy
+    from tests.scheduler.conftest import with_prompts
+    from tests.scheduler.test_baselines import _no_state_left
+
+    make = {
+        "uniboost": lambda: UniBoostPolicy(
+            gamma=0.0003, min_count=2, refresh_every=2, rekey_every=2, recompute_cost_per_token=0.0
+        ),
+        "tie": lambda: TIEPolicy(str(tiny_artifacts), batch_size=4),
+        "trail": lambda: TrailPolicy(
+            str(tiny_artifacts), rekey_every=2, recompute_cost_per_token=0.0
+        ),
+        "srpt_oracle": lambda: SRPTOraclePolicy(recompute_cost_per_token=0.0, rekey_every=2),
+    }[name]
+    # KV pressure (8 blocks of 32 for 4 seqs) and short requests arriving behind long ones
+    outs = [100, 6, 90, 6, 80, 6, 6, 6]
+    df = with_prompts(frame(outs, arrivals=[0.0, 0.0, 0.0, 0.0, 0.3, 0.3, 0.6, 0.6], prompt=40))
+    policy = make()
+    res = kv.run(df, policy)
+    rec = res.records
+    assert sorted(rec["request_id"]) == sorted(df["request_id"])
+    assert (rec["status"] == "finished").all()
+    assert (rec["output_tokens"] == rec["true_output_tokens"]).all()
+    assert res.meta["policy_faults"] == 0, res.meta.get("policy_fault_messages")
+    _no_state_left(policy)
+    drv = kv.scheduler().drift
+    assert drv.mirrors == {} and drv.waiting == {}
