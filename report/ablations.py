@@ -75,6 +75,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("drift+preempt", "+ voluntary preemption (gain test)", _with("preempt")),
     Variant("drift+guard", "+ starvation guard and premium SLO urgency", _with("guard")),
     Variant("drift-all", "every mechanism on", _with("recal", "repredict", "preempt", "guard")),
+    Variant(
+        "drift+boost",
+        "+ learned gamma-Boost (boosted arrival time, gamma 0.001) instead of pure size order",
+        (*CORE, "policy.boost_gamma=0.001"),
+    ),
 )
 
 

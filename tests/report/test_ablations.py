@@ -13,10 +13,13 @@ import report.generalisation as gen
 
 def test_variants_switch_exactly_one_mechanism_on() -> None:
     core = set(abl.CORE)
-    for v in abl.VARIANTS[1:-1]:
+    by = {v.label: v for v in abl.VARIANTS}
+    for lab in ("drift+recal", "drift+repredict", "drift+preempt", "drift+guard"):
+        v = by[lab]
         assert len(core - set(v.overrides)) in (1, 2)  # the guard is two settings
         assert set(v.overrides) <= core
-    assert abl.VARIANTS[0].overrides == abl.CORE and abl.VARIANTS[-1].overrides == ()
+    assert by["drift-core"].overrides == abl.CORE and by["drift-all"].overrides == ()
+    assert set(by["drift+boost"].overrides) - core == {"policy.boost_gamma=0.001"}
 
 
 def test_quick_ablations_write_the_document(
