@@ -462,6 +462,14 @@ class DriftAsyncScheduler(_DriftMixin, AsyncScheduler):
     """vLLM's AsyncScheduler (the GPU default) driven by a DriftSched Policy."""
 
 
+def drift_scheduler(vllm_config: Any, **kwargs: Any) -> _DriftMixin:
+    """``scheduler_cls`` for servers: the adapter matching the ``async_scheduling`` vLLM
+    resolved (its platform hook has the last word: on on GPU, off on CPU), so one
+    ``--scheduler-cls scheduler.live.adapter.drift_scheduler`` serves on both."""
+    cls = DriftAsyncScheduler if vllm_config.scheduler_config.async_scheduling else DriftScheduler
+    return cls(vllm_config=vllm_config, **kwargs)
+
+
 def scheduler_cls_for(async_scheduling: bool | None) -> str:
     """Qualified name of the adapter class matching vLLM's resolved ``async_scheduling``."""
     cls = DriftAsyncScheduler if async_scheduling else DriftScheduler
