@@ -36,6 +36,9 @@ class SchedRequest:
     arrival_s: float
     # known to the engine only (trace-driven length); policies except `oracle` must not read it
     true_output_tokens: int
+    # the client's own targets (live server metadata, s; NaN: none given, the tier's apply)
+    slo_ttft_s: float = math.nan
+    slo_tpot_s: float = math.nan
 
     # --- progress, written by the engine ---
     status: Status = Status.WAITING

@@ -23,9 +23,12 @@ Per ``schedule()`` call (one engine step):
    is recorded. ``update_from_output`` closes the step record (model time) and reports ends.
 
 The policy spec, fallback spec and default sink come from ``additional_config["driftsched"]``
-(so they reach an engine core in its own process); each request may carry a per-run policy
+(so they reach an engine core in its own process) and are built when the scheduler is created
+(a bad spec fails the engine's start-up); a trusted toolkit client may carry a per-run policy
 spec in ``SamplingParams.extra_args["driftsched"]``; in-process, a policy object can be
-injected with ``PolicyDriver.inject_policy``.
+injected with ``PolicyDriver.inject_policy``. Server clients describe their requests with flat
+``driftsched_*`` keys (:mod:`scheduler.live.metadata`); prompts without text are decoded from
+their token ids with the served model's tokenizer.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
-from scheduler.live.driver import META_KEY, PolicyDriver, StepRecord, request_meta
+from scheduler.live.driver import META_KEY, PolicyDriver, StepRecord
 from scheduler.request import SchedRequest
 
 _ABORTED = (RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR)
@@ -51,6 +54,23 @@ _PENDING_KEY = math.inf  # priority of a request before its first key (admitted 
 # in-process engine runs schedule, the forward pass and update_from_output on one thread)
 _cpu = time.thread_time
 FLUSH_EVERY_S = 0.25  # most time finished requests' sink lines wait while the engine is busy
+
+
+# additional_config["driftsched"]: policy / fallback (Hydra specs), sink (a directory),
+# decode_prompts (prompt text decoded from token ids for requests that carry none; default on)
+CONFIG_KEYS = frozenset({"policy", "fallback", "sink", "decode_prompts"})
+
+
+def _prompt_decoder(model_config: Any) -> Any:
+    """Token ids -> prompt text with the served model's own tokenizer (vLLM's cached one), so
+    a learned predictor reads text in the server too (the engine core sees ids only). For a
+    chat request the text includes the chat template's markup, special tokens dropped."""
+    if getattr(model_config, "skip_tokenizer_init", False):
+        return None
+    from vllm.tokenizers.registry import cached_tokenizer_from_config
+
+    tok = cached_tokenizer_from_config(model_config)
+    return lambda ids: tok.decode(list(ids), skip_special_tokens=True)
 
 
 def _priority(m: SchedRequest, key: float) -> tuple[float, float, int]:
@@ -121,7 +141,21 @@ class _DriftMixin:
                 f"(got {self.policy.value!r}); set it in the engine config"
             )
         cfg = dict((self.vllm_config.additional_config or {}).get(META_KEY, {}) or {})
-        self.drift = PolicyDriver(cfg.get("policy"), cfg.get("fallback"), cfg.get("sink"))
+        unknown = sorted(set(cfg) - CONFIG_KEYS)
+        if unknown:
+            raise ValueError(
+                f"driftsched: additional_config['{META_KEY}'] has unknown key(s) {unknown}; "
+                f"expected some of {sorted(CONFIG_KEYS)}"
+            )
+        self.drift = PolicyDriver(
+            cfg.get("policy"),
+            cfg.get("fallback"),
+            cfg.get("sink"),
+            prefix_caching=bool(self.cache_config.enable_prefix_caching),
+        )
+        self.drift.build_default()  # a bad spec fails here, at engine start-up
+        if cfg.get("decode_prompts", True):
+            self.drift.decode = _prompt_decoder(self.vllm_config.model_config)
         # (record, wall time schedule() returned, thread CPU time schedule() started)
         self._drift_open_steps: deque[tuple[StepRecord, float, float]] = deque()
         self._drift_add_cpu_us = 0.0  # add_request CPU time since the last step
@@ -140,10 +174,20 @@ class _DriftMixin:
             super().add_request(request)
             return
         sp = request.sampling_params
-        meta = request_meta(sp.extra_args if sp is not None else None)
-        self.drift.ensure_run(meta)  # may build the run's policy: not counted as overhead
+        d = self.drift
+        meta, source = d.meta_of(
+            sp.extra_args if sp is not None else None, request.priority, request.request_id
+        )
+        d.ensure_run(meta)  # may build the run's policy: not counted as overhead
         t, c = time.monotonic(), _cpu()
-        m = self.drift.add(request.request_id, meta, request.num_prompt_tokens, request.max_tokens)
+        m = d.add(
+            request.request_id,
+            meta,
+            request.num_prompt_tokens,
+            request.max_tokens,
+            prompt_ids=request.prompt_token_ids,
+            trusted=source == "nested",
+        )
         # A tuple priority before the heap push: int and tuple priorities must never mix.
         request.priority = _priority(m, _PENDING_KEY)
         self._drift_req_of[id(m)] = request
@@ -416,6 +460,14 @@ class DriftScheduler(_DriftMixin, Scheduler):
 
 class DriftAsyncScheduler(_DriftMixin, AsyncScheduler):
     """vLLM's AsyncScheduler (the GPU default) driven by a DriftSched Policy."""
+
+
+def drift_scheduler(vllm_config: Any, **kwargs: Any) -> _DriftMixin:
+    """``scheduler_cls`` for servers: the adapter matching the ``async_scheduling`` vLLM
+    resolved (its platform hook has the last word: on on GPU, off on CPU), so one
+    ``--scheduler-cls scheduler.live.adapter.drift_scheduler`` serves on both."""
+    cls = DriftAsyncScheduler if vllm_config.scheduler_config.async_scheduling else DriftScheduler
+    return cls(vllm_config=vllm_config, **kwargs)
 
 
 def scheduler_cls_for(async_scheduling: bool | None) -> str:

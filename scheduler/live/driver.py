@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.faults import EngineFaults, predictor_health
+from scheduler.live.metadata import META_KEY, request_meta
 from scheduler.policies.base import Policy
 from scheduler.request import SchedRequest, Status
 
 logger = logging.getLogger("driftsched.live")
 
-META_KEY = "driftsched"
-"""Key of our metadata inside ``SamplingParams.extra_args`` (and of ``additional_config``)."""
+__all__ = ["META_KEY", "FifoPolicy", "PolicyDriver", "StepRecord", "instantiate_policy"]
 
 SINK_REQUESTS = "sched_requests.jsonl"
 SINK_STEPS = "sched_steps.jsonl"
@@ -78,14 +78,6 @@ def instantiate_policy(spec: Mapping[str, Any] | str | None) -> Policy:
             "expected a scheduler.policies.base.Policy"
         )
     return policy
-
-
-def request_meta(extra_args: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """Our metadata attached to a request by the replay client, or ``None``."""
-    if not extra_args:
-        return None
-    meta = extra_args.get(META_KEY)
-    return dict(meta) if isinstance(meta, Mapping) else None
 
 
 @dataclass
@@ -146,10 +138,22 @@ class PolicyDriver:
         default_policy_spec: Mapping[str, Any] | str | None = None,
         fallback_spec: Mapping[str, Any] | str | None = None,
         default_sink: str | None = None,
+        prefix_caching: bool = False,
     ) -> None:
         self.default_policy_spec = default_policy_spec
         self.fallback_spec = fallback_spec
         self.default_sink = default_sink
+        self.prefix_caching = prefix_caching  # stated in every sink line (the simulator has none)
+        self._default_policy: Policy | None = None  # built by build_default(), used once
+        self._next_index = 0  # request indices: unique, increasing, whatever the client sends
+        self._reserved = range(0)  # indices a trusted in-process client may claim (its rows)
+        self._claimed: set[int] = set()
+        self.n_without_meta = 0  # requests with no metadata at all (tenant/tier defaults)
+        self.n_bad_meta = 0  # requests whose flat metadata failed validation (defaults used)
+        # prompt text for requests that carry none: token ids -> text (the adapter sets it)
+        self.decode: Any = None
+        self.n_decoded = 0
+        self.decode_us = 0.0  # total time decoding prompts (the per-request cost: / n_decoded)
         self.mirrors: dict[str, SchedRequest] = {}  # vLLM internal id -> mirror
         self.waiting: dict[str, SchedRequest] = {}  # the waiting subset (insertion ordered)
         self.waiting_by_tier: dict[str, int] = {}  # counts kept at transitions (O(1) a step)
@@ -163,6 +167,72 @@ class PolicyDriver:
         self._req_lines: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------- runs and clock
+    def build_default(self) -> None:
+        """Build the configured policy and fallback now (scheduler creation), so a bad spec
+        (a ``predictor_dir`` that does not resolve in the server, a wrong ``_target_``) fails
+        at start-up naming the spec instead of at the first request."""
+        for what, spec in (("policy", self.default_policy_spec), ("fallback", self.fallback_spec)):
+            if spec is None:
+                continue
+            try:
+                pol = instantiate_policy(spec)
+            except Exception as e:
+                raise ValueError(
+                    f"driftsched: cannot build the {what} from additional_config"
+                    f"['{META_KEY}']['{what}'] = {spec!r}: {type(e).__name__}: {e} "
+                    "(relative paths resolve against the server's working directory)"
+                ) from e
+            if what == "policy":
+                self._default_policy = pol
+        if self.default_sink is not None:
+            Path(self.default_sink).mkdir(parents=True, exist_ok=True)
+
+    def reserve_indices(self, n: int) -> int:
+        """Reserve ``n`` consecutive indices for a trusted in-process client's rows (it sends
+        ``base + row`` so that ``Policy.prepare`` and the engine agree); returns ``base``."""
+        base = self._next_index
+        self._next_index += n
+        self._reserved = range(base, base + n)
+        self._claimed = set()
+        return base
+
+    def _index(self, row: Mapping[str, Any], trusted: bool) -> int:
+        i = row.get("index") if trusted else None
+        if isinstance(i, int) and i in self._reserved and i not in self._claimed:
+            self._claimed.add(i)
+            return i
+        i = self._next_index
+        self._next_index += 1
+        return i
+
+    def meta_of(self, extra_args: Mapping[str, Any] | None, priority: Any, rid: str) -> Any:
+        """Parse a request's metadata (``scheduler.live.metadata``), counting requests without
+        any and with invalid flat keys (each warned about once; serving goes on)."""
+        try:
+            meta, source = request_meta(extra_args, priority)
+        except ValueError as e:
+            self.n_bad_meta += 1
+            if self.n_bad_meta == 1:
+                logger.error(
+                    "driftsched: request %s: %s; scheduling it with the defaults (tenant "
+                    "'unknown', tier 'standard'). Further ones are counted, not logged "
+                    "(serve through scheduler.live.serve to reject them with HTTP 400).",
+                    rid,
+                    e,
+                )
+            meta, source = None, "none"
+        if source == "none":
+            self.n_without_meta += 1
+            if self.n_without_meta == 1:
+                logger.warning(
+                    "driftsched: request %s carries no DriftSched metadata (no driftsched_* "
+                    "vllm_xargs, default priority): tenant 'unknown', tier 'standard'. "
+                    "Such requests are counted (n_without_metadata in sched_summary.json); "
+                    "see docs/LIVE.md, 'Serving'.",
+                    rid,
+                )
+        return meta, source
+
     def inject_policy(self, run_id: str, policy: Policy) -> None:
         """In-process mode: use this policy object for requests tagged with ``run_id``."""
         self.injected[run_id] = policy
@@ -183,6 +253,8 @@ class PolicyDriver:
                 )
         if run_id in self.injected:
             policy = self.injected.pop(run_id)
+        elif self._default_policy is not None and not (meta and meta.get("policy")):
+            policy, self._default_policy = self._default_policy, None  # built at start-up
         else:
             spec = meta.get("policy") if meta and meta.get("policy") else self.default_policy_spec
             policy = instantiate_policy(spec)
@@ -252,24 +324,38 @@ class PolicyDriver:
         meta: Mapping[str, Any] | None,
         num_prompt_tokens: int,
         max_tokens: int,
+        prompt_ids: Sequence[int] | None = None,
+        trusted: bool = False,
     ) -> SchedRequest:
-        """A request entered vLLM's scheduler (``Scheduler.add_request``)."""
+        """A request entered vLLM's scheduler (``Scheduler.add_request``).
+
+        ``trusted``: the metadata came through the toolkit's nested channel (its row index may
+        claim a reserved index, and it decides about prompt text itself); otherwise a prompt
+        without text is decoded from ``prompt_ids`` when a decoder is set."""
         self.ensure_run(meta)
         row = dict(meta.get("row", {})) if meta else {}
         now = self.now()
+        prompt = row.get("prompt")
+        if prompt is None and not trusted and self.decode is not None and prompt_ids:
+            t = time.perf_counter()
+            prompt = self.decode(prompt_ids)
+            self.decode_us += (time.perf_counter() - t) * 1e6
+            self.n_decoded += 1
         m = SchedRequest(
             request_id=str(row.get("request_id", internal_id)),
-            index=int(row.get("index", len(self.mirrors))),
+            index=self._index(row, trusted),
             tenant=str(row.get("tenant", "unknown")),
             tier=str(row.get("tier", "standard")),
             category=str(row.get("category", "unknown")),
             source=str(row.get("source", "unknown")),
             model=str(row.get("model", "unknown")),
-            prompt=row.get("prompt"),
+            prompt=prompt,
             prompt_tokens=int(num_prompt_tokens),
             max_tokens=int(max_tokens),
             arrival_s=float(row.get("arrival_s", now)),
             true_output_tokens=int(row.get("true_output_tokens", max_tokens)),
+            slo_ttft_s=float(row.get("slo_ttft_s", math.nan)),
+            slo_tpot_s=float(row.get("slo_tpot_s", math.nan)),
         )
         self.mirrors[internal_id] = m
         self._to_waiting(internal_id, m)
@@ -305,7 +391,7 @@ class PolicyDriver:
         if ab:
             self._safe("on_abort", lambda p: p.on_abort(ab, now))
         for m, _ in ended:
-            self._req_lines.append(sched_record(m))
+            self._req_lines.append(sched_record(m, self.prefix_caching))
         if flush:
             self.flush()
 
@@ -445,14 +531,24 @@ class PolicyDriver:
             "n_aborted": run.n_aborted,
             "predictor": predictor_health(run.policy),
             "policy_class": f"{type(run.policy).__module__}.{type(run.policy).__qualname__}",
+            "prefix_caching": self.prefix_caching,
+            "t0_monotonic": run.t0,  # the run's clock origin (time.monotonic, system-wide)
+            "n_without_metadata": self.n_without_meta,
+            "n_bad_metadata": self.n_bad_meta,
+            "n_prompts_decoded": self.n_decoded,
+            "decode_us_per_prompt": self.decode_us / self.n_decoded if self.n_decoded else None,
         }
         (run.sink / "sched_summary.json").write_text(json.dumps(summary))
 
 
-def sched_record(m: SchedRequest) -> dict[str, Any]:
+def sched_record(m: SchedRequest, prefix_caching: bool = False) -> dict[str, Any]:
     """The scheduler-side fields of a request's record (the client adds token timings)."""
     return {
         "request_id": m.request_id,
+        "index": m.index,
+        "tenant": m.tenant,
+        "tier": m.tier,
+        "prefix_caching": prefix_caching,
         "status": m.status.value,
         "admitted_s": m.admitted_s,
         "num_preemptions": m.num_preemptions,

@@ -36,6 +36,7 @@ import pandas as pd
 
 from scheduler.engine import STEP_COLUMNS, EngineResult, requests_from_frame, workload_frame
 from scheduler.live.driver import META_KEY, FifoPolicy
+from scheduler.live.metadata import TIER_PRIORITY  # vllm_priority: lower is served sooner
 from scheduler.live.replay import (
     LENGTH_MODES,
     PROMPT_SOURCES,
@@ -59,8 +60,6 @@ logger = logging.getLogger("driftsched.live")
 
 PROCESS_MODES = ("inprocess", "multiprocess")
 SCHEDULER_IMPLS = ("driftsched", "vllm_fcfs", "vllm_priority")
-# vLLM's own priority scheduling (scheduler_impl=vllm_priority): lower is served sooner
-TIER_PRIORITY = {"premium": 0, "standard": 1, "batch": 2}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -544,12 +543,20 @@ class VllmEngine:
         run_id = uuid.uuid4().hex[:12]
         sink = self._sink_root() / run_id
         sink.mkdir(parents=True, exist_ok=True)
+        # In process, the scheduler's request indices for this run are reserved up front and
+        # sent with the rows (base + row), so Policy.prepare keys its features as the engine
+        # will; elsewhere the scheduler numbers requests itself, in arrival order.
+        base = None
+        if c.process_mode == "inprocess" and not self.stock:
+            base = self.scheduler().drift.reserve_indices(len(prepared))
         if self.stock:
             pass  # vLLM orders the queue itself: the policy is not used
         elif spec is None:  # in-process with a policy object: hand it to the scheduler directly
             assert isinstance(policy, Policy)
             if c.prepare_policy:
-                policy.prepare([p.req for p in prepared])
+                policy.prepare(
+                    [dataclasses.replace(p.req, index=base + i) for i, p in enumerate(prepared)]
+                )
             self.scheduler().drift.inject_policy(run_id, policy)
         name = policy_name or (
             c.scheduler_impl
@@ -562,6 +569,7 @@ class VllmEngine:
         metas = [
             request_metadata(
                 p,
+                index=None if base is None else base + i,
                 run_id=run_id,
                 t0=t0,
                 sink=str(sink),
@@ -571,7 +579,7 @@ class VllmEngine:
                 if faults and faults.engine
                 else None,
             )
-            for p in prepared
+            for i, p in enumerate(prepared)
         ]
         actions = plan_client_faults(
             getattr(faults, "client", None),
@@ -736,6 +744,7 @@ class VllmEngine:
             "num_gpu_blocks": self.num_gpu_blocks,
             "max_num_seqs": self.cfg.max_num_seqs,
             "max_num_batched_tokens": self.cfg.max_num_batched_tokens,
+            "prefix_caching": self.cfg.enable_prefix_caching,
             "length_mode": self.cfg.length_mode,
             "n_requests": len(prepared),
             "n_finished": len(served),

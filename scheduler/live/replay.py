@@ -176,6 +176,7 @@ def prepare_requests(
 def request_metadata(
     p: Prepared,
     *,
+    index: int | None = None,
     run_id: str,
     t0: float,
     sink: str,
@@ -183,11 +184,13 @@ def request_metadata(
     send_prompt: bool,
     engine_faults: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What travels with the request to the engine's scheduler (JSON-able)."""
+    """What travels with the request to the engine's scheduler (JSON-able): the trusted
+    nested form (:mod:`scheduler.live.metadata`). ``index``: a scheduler index reserved for
+    this row (``PolicyDriver.reserve_indices``, in process); else the scheduler numbers it."""
     r = p.req
     row = {
         "request_id": r.request_id,
-        "index": r.index,
+        "index": r.index if index is None else index,
         "tenant": r.tenant,
         "tier": r.tier,
         "category": r.category,
