@@ -321,7 +321,8 @@ def _makers(tiny_artifacts: Path) -> dict:
 
 
 def _no_state_left(pol) -> None:
-    for attr in ("_reqs", "_running", "_ver", "_enq_t", "_adm", "_next_update", "_queued"):
+    names = ("_reqs", "_running", "_ver", "_enq_t", "_wait", "_victims", "_changed", "_ref")
+    for attr in (*names, "_adm", "_next_update", "_queued"):
         assert not getattr(pol, attr, None), f"{pol.name}: {attr} not empty"
     lengths = getattr(pol, "lengths", None)
     if lengths is not None:
