@@ -47,6 +47,10 @@ ALL = [
     "sjf",
     "driftsched",
     "drift",
+    "uniboost",
+    "tie",
+    "trail",
+    "srpt_oracle",
     "oracle",
 ]
 PEER_KV_BLOCKS = 33_000  # 528k KV tokens of 16: no preemption on the benchmark traces

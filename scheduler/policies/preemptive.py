@@ -134,6 +134,11 @@ class PreemptivePolicy(Policy):
             for d in (self._reqs, self._running, self._ver, self._enq_t):
                 d.pop(r.index, None)
         # (an ended reference request is replaced in on_step, carrying its progress)
+        if not self._reqs:  # nothing live: drop stale heap entries and victim references
+            self._wait.clear()
+            self._victims = []
+            self._changed.clear()
+            self._ref = None
 
     def on_finish(self, requests: Sequence[SchedRequest], now: float) -> None:
         self._forget(requests)

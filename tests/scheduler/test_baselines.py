@@ -25,7 +25,7 @@ from scheduler.request import SchedRequest, Status
 from scheduler.sim.engine import SimEngine
 from scheduler.sim.synthetic import synthetic_frame
 from tests.scheduler.conftest import with_prompts
-from tests.scheduler.test_policies import frame, single_server
+from tests.scheduler.test_policies import frame, single_server_mean_e2e
 from tests.scheduler.test_sim_fast_forward import assert_identical, both, random_case
 
 
@@ -286,23 +286,7 @@ def test_srpt_oracle_gain_is_capped_by_the_next_finish() -> None:
 def test_srpt_oracle_is_optimal_on_a_single_sequence_server(
     seed: int, tiny_artifacts: Path
 ) -> None:
-    rng = np.random.default_rng(seed)
-    df = with_prompts(
-        synthetic_frame(
-            40,
-            seed=seed,
-            rate_rps=float(rng.uniform(0.02, 0.08)),
-            output_median=20.0,
-            max_output=120,
-        )
-    )
-    df["prompt_tokens"] = 1
-    eng = single_server()
-
-    def mean_e2e(policy) -> float:
-        r = eng.run(df, policy).records
-        return float((r["finish_s"] - r["arrival_s"]).mean())
-
+    mean_e2e = single_server_mean_e2e(seed)
     best = mean_e2e(SRPTOraclePolicy(recompute_cost_per_token=0.0, rekey_every=1))
     assert best == pytest.approx(mean_e2e(OraclePolicy(preemptive=True)))  # textbook SRPT
     for other in (
@@ -337,7 +321,8 @@ def _makers(tiny_artifacts: Path) -> dict:
 
 
 def _no_state_left(pol) -> None:
-    for attr in ("_reqs", "_running", "_ver", "_enq_t", "_adm", "_next_update", "_queued"):
+    names = ("_reqs", "_running", "_ver", "_enq_t", "_wait", "_victims", "_changed", "_ref")
+    for attr in (*names, "_adm", "_next_update", "_queued"):
         assert not getattr(pol, attr, None), f"{pol.name}: {attr} not empty"
     lengths = getattr(pol, "lengths", None)
     if lengths is not None:

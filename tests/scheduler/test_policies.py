@@ -151,13 +151,13 @@ def test_weighted_fair_equalises_token_service_between_tenants() -> None:
     assert served["a"] == pytest.approx(served["b"], rel=0.35)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_oracle_is_optimal_on_a_single_sequence_server(seed: int, tiny_artifacts: Path) -> None:
+def single_server_mean_e2e(seed: int):
+    """A light random workload of 1-token prompts on a single-sequence server (where SRPT is
+    optimal): returns ``policy -> mean E2E`` over it."""
     rng = np.random.default_rng(seed)
-    n = 40
     df = with_prompts(
         synthetic_frame(
-            n,
+            40,
             seed=seed,
             rate_rps=float(rng.uniform(0.02, 0.08)),
             output_median=20.0,
@@ -171,6 +171,12 @@ def test_oracle_is_optimal_on_a_single_sequence_server(seed: int, tiny_artifacts
         r = eng.run(df, policy).records
         return float((r["finish_s"] - r["arrival_s"]).mean())
 
+    return mean_e2e
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_oracle_is_optimal_on_a_single_sequence_server(seed: int, tiny_artifacts: Path) -> None:
+    mean_e2e = single_server_mean_e2e(seed)
     best = mean_e2e(OraclePolicy(preemptive=True))  # textbook SRPT
     for other in (
         FIFOPolicy(),
