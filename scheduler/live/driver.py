@@ -220,7 +220,7 @@ class PolicyDriver:
                     rid,
                     e,
                 )
-            meta, source = None, "none"
+            return None, "bad"  # counted as bad, not as without metadata
         if source == "none":
             self.n_without_meta += 1
             if self.n_without_meta == 1:

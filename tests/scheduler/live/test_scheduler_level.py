@@ -362,7 +362,7 @@ def test_bad_metadata_is_counted_not_fatal(model_dir, tmp_path, caplog):
             async_=False,
         )
     assert dict(res["ends"]) == {"a": 1, "b": 1}
-    assert sched.drift.n_bad_meta == 2
+    assert sched.drift.n_bad_meta == 2 and sched.drift.n_without_meta == 0
     assert any("unknown tier" in r.getMessage() for r in caplog.records)
 
 
