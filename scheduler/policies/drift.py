@@ -73,13 +73,13 @@ class DriftPolicy(Policy):
         tier_weight: Mapping[str, float] | None = None,
         min_delta_tokens: int = 32,
         rel_delta: float = 0.5,
-        repredict_every: int = 32,
+        repredict_every: int | None = None,
         max_preemptions: int = 1,
         max_preempt_per_step: int = 1,
         urgent_preempt: bool = False,
         min_gain_tokens: float = 256.0,
         recompute_cost_per_token: float = 0.01,
-        max_wait_s: float = 300.0,
+        max_wait_s: float | None = None,
         guard_fraction: float = 0.5,
         ttft_slo_s: Mapping[str, float] | None = None,
         slo_tiers: Sequence[str] = ("premium",),
@@ -109,13 +109,15 @@ class DriftPolicy(Policy):
         self.tier_weight = {t: float(tw.get(t, 1.0)) for t in TIERS}
         self.min_delta_tokens = int(min_delta_tokens)
         self.rel_delta = float(rel_delta)
-        self.repredict_every = max(1, int(repredict_every))
+        # None: no re-prediction (admission estimates only)
+        self.repredict_every = None if repredict_every is None else max(1, int(repredict_every))
         self.max_preemptions = int(max_preemptions)
         self.max_preempt_per_step = int(max_preempt_per_step)
         self.urgent_preempt = bool(urgent_preempt)
         self.min_gain_tokens = float(min_gain_tokens)
         self.recompute_cost_per_token = float(recompute_cost_per_token)
-        self.max_wait_s = float(max_wait_s)
+        # None: no starvation guard (only the SLO urgency of slo_tiers, if any)
+        self.max_wait_s = math.inf if max_wait_s is None else float(max_wait_s)
         self.guard_fraction = float(guard_fraction)
         slo = {**DEFAULT_TTFT_SLO_S, **dict(ttft_slo_s or {})}
         bad = [t for t in slo_tiers if t not in TIERS]
@@ -275,7 +277,8 @@ class DriftPolicy(Policy):
             self._size_sum += p50
             self._size_n += 1
             self._set(r, p50, p90, now)
-            heapq.heappush(self._promo, (r.arrival_s + self._urgent_after[r.tier], r.index))
+            if math.isfinite(self._urgent_after[r.tier]):  # no guard and no SLO tier: never
+                heapq.heappush(self._promo, (r.arrival_s + self._urgent_after[r.tier], r.index))
             self._push_waiting(r)
 
     def on_admit(self, requests: Sequence[SchedRequest], now: float) -> None:
@@ -329,7 +332,7 @@ class DriftPolicy(Policy):
         # `repredict_every` steps and only while requests wait (running keys only matter for
         # preemption, and that only happens under contention)
         self._step += 1
-        if not waiting or self._step % self.repredict_every:
+        if self.repredict_every is None or not waiting or self._step % self.repredict_every:
             return
         nu = self._next_update
         todo = [r for r in running if r.num_output_tokens >= nu.get(r.index, 0)]
@@ -338,6 +341,16 @@ class DriftPolicy(Policy):
             rem = self.lengths.remaining(todo, adm)
             for r, (p50, p90) in zip(todo, rem.tolist()):  # floats, not numpy row views
                 self._set(r, p50, p90, now)
+
+    def fast_forward_horizon(
+        self, running: Sequence[SchedRequest], waiting: Sequence[SchedRequest], now: float
+    ) -> float:
+        """Unbounded when no step hook can change anything while only decode progresses: no
+        re-prediction, no voluntary preemption and no urgency promotion pending (the default
+        configuration); else every step."""
+        if self.repredict_every is None and self.max_preemptions <= 0 and not self._promo:
+            return math.inf
+        return 1
 
     def _best_waiting(self) -> SchedRequest | None:
         h = self._wait_heap

@@ -14,11 +14,15 @@ import report.generalisation as gen
 def test_variants_switch_exactly_one_mechanism_on() -> None:
     core = set(abl.CORE)
     by = {v.label: v for v in abl.VARIANTS}
-    for lab in ("drift+recal", "drift+repredict", "drift+preempt", "drift+guard"):
-        v = by[lab]
-        assert len(core - set(v.overrides)) in (1, 2)  # the guard is two settings
-        assert set(v.overrides) <= core
-    assert by["drift-core"].overrides == abl.CORE and by["drift-all"].overrides == ()
+    for mech in ("recal", "repredict", "preempt", "guard"):
+        v = by[f"drift+{mech}"]
+        # CORE with exactly that mechanism's settings switched on
+        assert set(v.overrides) - core == set(abl.ON[mech])
+        assert {o.split("=")[0] for o in core - set(v.overrides)} == {
+            o.split("=")[0] for o in abl.ON[mech]
+        }
+    assert set(by["drift-all"].overrides) == {o for on in abl.ON.values() for o in on}
+    assert by["drift-core"].overrides == abl.CORE
     assert set(by["drift+boost"].overrides) - core == {"policy.boost_gamma=0.001"}
 
 
