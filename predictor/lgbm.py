@@ -170,6 +170,8 @@ class LightGBMLength(LengthEstimator):
         max_vocab: int = 20000,
         min_count: int = 20,
         text_score: bool = True,
+        generator_features: bool = False,
+        model_id_dropout: float = 0.0,
         fast_predict: bool = True,
         num_threads: int = 2,
         random_state: int = 0,
@@ -188,6 +190,11 @@ class LightGBMLength(LengthEstimator):
         self.max_vocab = max_vocab
         self.min_count = min_count
         self.text_score = text_score
+        # model-name descriptors (family, size) as features (predictor.features.GENERATOR_NAMES)
+        self.generator_features = generator_features
+        # share of training rows whose model_id is set to the unknown code, so the trees learn
+        # what an unseen generator looks like from its descriptors (0: off)
+        self.model_id_dropout = model_id_dropout
         # serving batches (< SMALL_BATCH rows) through predictor.fast_trees (same predictions,
         # compiled; falls back to LightGBM without numba)
         self.fast_predict = fast_predict
@@ -215,11 +222,17 @@ class LightGBMLength(LengthEstimator):
                 min_count=self.min_count,
                 random_state=self.random_state,
                 text_score=self.text_score,
+                generator_features=self.generator_features,
             )
             featurizer.fit(X, yv)
         self.featurizer_ = featurizer
+        F = self.featurizer_.transform(X, training=True)
+        if self.model_id_dropout > 0:
+            rng = np.random.default_rng(self.random_state + 11)
+            col = self.featurizer_.feature_names.index("model_id")
+            F[rng.random(len(F)) < self.model_id_dropout, col] = 0.0  # the unknown code
         return self.fit_features(
-            self.featurizer_.transform(X, training=True),
+            F,
             yv,
             None
             if eval_set is None
