@@ -112,7 +112,10 @@ class CensoredCalibrator:
     def __post_init__(self) -> None:
         if not self.prior_z50:
             # a calibrated model: z50 median 0, z90 = z50 - spread, target quantile 0
-            u = (np.arange(20) + 0.5) / 20
+            # grid u_i = (i + 1) / k (the last one pulled in from 1): the weighted inverted
+            # CDF of these points returns exactly the median and the 0.9 quantile
+            k = 20
+            u = np.minimum((np.arange(k) + 1.0) / k, 1.0 - 0.5 / k)
             from scipy.stats import norm
 
             z = norm.ppf(u) * self.prior_sigma
