@@ -43,8 +43,10 @@ CASTILLO_MODELS = (
 )
 ALPACA_MODELS = ("Meta-Llama-3.1-8B-Instruct-Turbo", "claude-3-opus-20240229", "gpt4_1106_preview")
 VARIANTS: dict[str, str] = {
-    "default": "LightGBM quantile p50/p90 (conf/predictor/lightgbm.yaml)",
-    "generator": "default + generator descriptors (family, size) + 20% model-id dropout",
+    "default": "LightGBM quantile p50/p90 as conf/predictor/lightgbm.yaml (since issue 15: "
+    "generator descriptors + 20% model-id dropout)",
+    "no_generator": "default without generator descriptors and model-id dropout (the default "
+    "before issue 15)",
     "rank": "default quantiles + rank_xendcg ranker (groups of 32) for the median",
     "minilm": "default + 32 PCA dims of frozen MiniLM prompt embeddings",
     "samples10": "default trained on all 10 CASTILLO samples per prompt (3 by default)",
@@ -78,7 +80,7 @@ QUICK = ReportConfig(
     max_val_rows=800,
     max_test_rows=1500,
     lomo_models=(CASTILLO_MODELS[0], ALPACA_MODELS[0]),
-    variants=("default", "generator"),
+    variants=("default", "no_generator"),
     online_models=(CASTILLO_MODELS[0],),
     stream=300,
     concurrency=16,
@@ -87,7 +89,7 @@ QUICK = ReportConfig(
     refit_rounds=10,
     drift_traces=1500,
     drift_models=(),
-    checkpoints=(0, 50, 100, 200, 300),
+    checkpoints=(0, 50, 100, 200),
 )
 
 
@@ -210,8 +212,8 @@ def fit_variant(
         est = LightGBMLength(**lgbm_params()).fit(tr, ytr, eval_set=ev)
         if variant == "rank":
             est = RankedLength(est).fit(tr, ytr, eval_set=ev)
-    elif variant == "generator":
-        est = LightGBMLength(**lgbm_params(generator_features=True, model_id_dropout=0.2))
+    elif variant == "no_generator":
+        est = LightGBMLength(**lgbm_params(generator_features=False, model_id_dropout=0.0))
         est.fit(tr, ytr, eval_set=ev)
     elif variant == "minilm":
         p = lgbm_params()
@@ -220,6 +222,7 @@ def fit_variant(
             max_vocab=p["max_vocab"],
             min_count=p["min_count"],
             text_score=p["text_score"],
+            generator_features=p.get("generator_features", False),
             emb_cache=emb.cache,
             encoder=emb.encoder,
         )
@@ -316,6 +319,12 @@ def length_section(
 
 
 # --- online ------------------------------------------------------------------------------
+def generator_pool(base: Base, model: str) -> pd.DataFrame:
+    """A generator's rows in the train/val partitions (a lomo model never saw them)."""
+    pool = pd.concat([base.train, base.val], ignore_index=True)
+    return pool[pool["model"].astype(str).to_numpy() == model].reset_index(drop=True)
+
+
 def online_section(
     base: Base,
     splits: dict[str, EvalSplit],
@@ -335,8 +344,7 @@ def online_section(
         sp = splits[name]
         # the generator's traffic outside the test partition (its prompts may have been seen
         # answered by other generators, never by it); evaluated on its test rows
-        pool = pd.concat([base.train, base.val], ignore_index=True)
-        pool = pool[pool["model"].astype(str).to_numpy() == m].reset_index(drop=True)
+        pool = generator_pool(base, m)
         pool = pool.iloc[rng.permutation(len(pool))[: rc.stream]].reset_index(drop=True)
         va = models[("default", "_val_" + name)]
         warm = (va["output_tokens"].to_numpy(np.float64), est.predict_quantiles(va))
@@ -350,6 +358,7 @@ def online_section(
             concurrency=rc.concurrency,
             refit_every=rc.refit_every,
             refit_rounds=rc.refit_rounds,
+            checkpoints=rc.checkpoints,
             log=log,
         )
         for meth, r in res.items():
@@ -361,7 +370,12 @@ def online_section(
         est = models[key]
         va = models[("default", "_val" if key[1] == "in_distribution" else "_val_" + name)]
         warm = (va["output_tokens"].to_numpy(np.float64), est.predict_quantiles(va))
-        stream = sp.test.iloc[rng.permutation(len(sp.test))[: rc.stream]].reset_index(drop=True)
+        rows = sp.test
+        if sp.kind == "lomo":
+            # + the generator's rows outside the test partition (never trained on as its
+            # answers): enough traffic for a held-out AlpacaEval generator (~80 test rows)
+            rows = pd.concat([generator_pool(base, name.split(":", 1)[1]), rows], ignore_index=True)
+        stream = rows.iloc[rng.permutation(len(rows))[: rc.stream]].reset_index(drop=True)
         row: dict[str, Any] = {"split": name, "n": len(stream)}
         for meth in ("none", "ema", "km"):
             cal, cens, _ = online.make_method(meth, est, warm, rc.refit_every, rc.refit_rounds)
@@ -524,6 +538,35 @@ def fmt_targets(
     return out
 
 
+def verdicts(len_rows: list[dict[str, Any]], tol: float = 0.005) -> list[dict[str, Any]]:
+    """Each variant vs default: mean tau over the unseen splits (unseen-prompt, every loso and
+    lomo) and in-distribution tau; "keep" needs a gain off distribution and no in-distribution
+    loss beyond ``tol``."""
+    df = pd.DataFrame(len_rows)
+    off = df[df["split"].str.startswith(("unseen_prompt", "loso:", "lomo:"))]
+    off = off[off["split"] != "unseen_prompt (with text)"]
+    ind = df[df["split"] == "in_distribution"].set_index("variant")
+    mean_off = off.groupby("variant")["kendall_tau"].mean()
+    mean_mae = off.groupby("variant")["mae"].mean()
+    if "default" not in ind.index:
+        return []
+    out = []
+    for v in mean_off.index:
+        d_off = float(mean_off[v] - mean_off["default"])
+        d_in = float(ind.loc[v, "kendall_tau"] - ind.loc["default", "kendall_tau"])
+        out.append(
+            {
+                "variant": v,
+                "mean off-dist tau": float(mean_off[v]),
+                "vs default (off)": d_off,
+                "mean off-dist MAE": float(mean_mae[v]),
+                "in-dist tau vs default": d_in,
+                "keep": bool(v == "default" or (d_off > 0 and d_in >= -tol)),
+            }
+        )
+    return out
+
+
 def recovery_table(rec_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not rec_rows:
         return []
@@ -629,6 +672,8 @@ def write_report(
             }
         )
     L += ["### Summary by variant", "", md_table(summ), ""]
+    L += ["### Verdict (keep a variant only if it helps off distribution)", ""]
+    L += [md_table(verdicts(len_rows)), ""]
     if "minilm" in rc.variants and emb.encoder is not None:
         from predictor.transfer import EmbeddingFeaturizer
 
@@ -669,6 +714,29 @@ def write_report(
         f"the admission-time p90 over the requests admitted after the first {rc.burn_in}.",
         "",
         md_table(cov_rows),
+        "",
+        "## Calibrator API (for the `drift` policy)",
+        "",
+        "`predictor.censored.CensoredCalibrator` is a drop-in for "
+        "`predictor.online.OnlineRecalibrator` (`scheduler/policies/estimates.py` builds one):",
+        "",
+        "* `adjust(groups, raw) -> (n, 2)`: corrected (p50, p90) in tokens for raw admission "
+        "predictions `raw` (n, 2); `groups` any hashables, a tuple `(a, b)` falls back to `(a,)` "
+        "then the global level while it has fewer than `min_count` observations;",
+        "* `update(groups, actual, raw, keys=None)` / `update_one(group, actual, raw, key=None)`: "
+        "finished requests (true length, *raw* prediction); `keys` drops their running state;",
+        "* `observe_running(keys, groups, attained, raw)`: running requests' tokens generated so "
+        "far (censored: length > attained); call it each step or every few steps with the running "
+        "batch (a key's state is overwritten; 0 tokens is ignored);",
+        "* `forget_running(keys)` for aborted/preempted-and-dropped requests; "
+        "`reset_observations()` after the model is refitted;",
+        "* warm start: `CensoredCalibrator.from_residuals(val_lengths, val_raw_pred)` (the "
+        "artifact's validation split), or the default calibrated-model prior.",
+        "",
+        "Memory is bounded: `window` completions per group level and at most `max_running` "
+        "censored states. `predictor.refit.IncrementalRefit(base, cadence, rounds, max_rows)` "
+        "refits from completions: `add(features, lengths) -> bool` (True when `current`, the "
+        "model to serve, changed).",
         "",
         "## Drift model off distribution",
         "",

@@ -60,7 +60,7 @@ def test_report_has_every_section_and_finite_numbers(tmp_path: Path) -> None:
         max_test_rows=400,
         lomo_models=("llama-8b-instruct", "gen-b-70b"),
         online_models=("llama-8b-instruct",),
-        variants=("default", "generator", "rank"),
+        variants=("default", "no_generator", "rank"),
         stream=150,
         burn_in=20,
         refit_every=60,
