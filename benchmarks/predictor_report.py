@@ -177,13 +177,20 @@ def training_rows(
 
 
 # --- length variants ---------------------------------------------------------------------
-def lgbm_params(**over: Any) -> dict[str, Any]:
+def conf_params(section: str, **over: Any) -> dict[str, Any]:
+    """Hyperparameters of conf/predictor/lightgbm.yaml's ``section`` (length | drift) on one
+    thread, lists as tuples (as the estimators store them), plus ``over``."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "predictor" / "lightgbm.yaml"))
-    p = {k: v for k, v in cfg["length"].items() if not k.startswith("_")}
-    p.update(num_threads=1, random_state=0, quantiles=tuple(p["quantiles"]), **over)
+    p = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg[section].items()}
+    p = {k: v for k, v in p.items() if not k.startswith("_")}
+    p.update(num_threads=1, random_state=0, **over)
     return p
+
+
+def lgbm_params(**over: Any) -> dict[str, Any]:
+    return conf_params("length", **over)
 
 
 class Embeddings:
@@ -388,17 +395,13 @@ def online_section(
 
 # --- drift -------------------------------------------------------------------------------
 def fit_drift(est: Any, sp: EvalSplit, rc: ReportConfig) -> Any:
-    from omegaconf import OmegaConf
-
+    """A drift model with the default hyperparameters on ``sp``'s train (out-of-fold
+    admission predictions of ``est``, at most ``rc.drift_traces`` traces)."""
     from data.schema import filter_rows
     from predictor.lgbm import LightGBMDrift
     from predictor.training import _text_columns, crossfit_admission, drift_traces, has_output_text
 
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "predictor" / "lightgbm.yaml"))
-    p = {k: v for k, v in cfg["drift"].items() if not k.startswith("_")}
-    p.update(num_threads=1, random_state=0)
-    for k in ("quantiles", "points", "drop_prefixes"):
-        p[k] = tuple(p[k])
+    p = conf_params("drift")
     rng = np.random.default_rng(rc.seed + 7)
     # at most half the budget of text traces (ShareGPT: the only ones with partial text), the
     # rest drawn from all traces, so the report's drift fit stays bounded at every size
