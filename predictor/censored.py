@@ -55,27 +55,17 @@ def km_quantile(z: np.ndarray, event: np.ndarray, weight: np.ndarray, q: float) 
         raise ValueError(f"quantile must be in (0, 1), got {q}")
     if z.size == 0:
         return math.inf
-    # ties: events first (a request censored at t was still at risk at t)
-    order = np.lexsort((~ev, z))
+    order = np.argsort(z, kind="stable")
     z, ev, w = z[order], ev[order], w[order]
-    at_risk = np.cumsum(w[::-1])[::-1]  # weight with value >= z[i] (in sort order)
-    s = 1.0
-    i, n = 0, z.size
-    while i < n:
-        j = i
-        d = 0.0
-        while j < n and z[j] == z[i] and ev[j]:
-            d += w[j]
-            j += 1
-        if d > 0 and at_risk[i] > 0:
-            s *= 1.0 - d / at_risk[i]
-            if 1.0 - s >= q - 1e-12:
-                return float(z[i])
-        # skip censored entries tied at this value
-        while j < n and z[j] == z[i]:
-            j += 1
-        i = j
-    return math.inf
+    vals, first = np.unique(z, return_index=True)  # distinct values, first sorted index of each
+    at_risk = np.cumsum(w[::-1])[::-1][first]  # weight with value >= each distinct value
+    # event weight at each distinct value (censored ties stay at risk at that value)
+    deaths = np.add.reduceat(np.where(ev, w, 0.0), first)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.where(at_risk > 0, 1.0 - deaths / at_risk, 1.0)
+    cdf = 1.0 - np.cumprod(factor)  # 1 - S just after each distinct value
+    hit = np.flatnonzero((cdf >= q - 1e-12) & (deaths > 0))
+    return float(vals[hit[0]]) if hit.size else math.inf
 
 
 def _chain(g: Hashable) -> tuple[Hashable, ...]:

@@ -151,3 +151,26 @@ def test_bad_shapes_are_named() -> None:
         cal.update_one("g", 0.0, (1.0, 2.0))
     with pytest.raises(ValueError, match="shape"):
         cal.adjust(["g"], np.ones((2, 2)))
+
+
+def _km_reference(z: np.ndarray, ev: np.ndarray, w: np.ndarray, q: float) -> float:
+    """Textbook product-limit estimator, one distinct event time at a time."""
+    s = 1.0
+    for t in np.unique(z[ev]):
+        d = w[(z == t) & ev].sum()
+        n = w[z >= t].sum()
+        s *= 1.0 - d / n
+        if 1.0 - s >= q - 1e-12:
+            return float(t)
+    return math.inf
+
+
+def test_km_matches_the_textbook_estimator_on_random_censored_data() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(rng.integers(1, 40))
+        z = rng.integers(0, 8, n).astype(float)  # many ties
+        ev = rng.random(n) < 0.6
+        w = rng.choice([0.5, 1.0, 2.0], n)
+        for q in (0.1, 0.5, 0.9):
+            assert km_quantile(z, ev, w, q) == _km_reference(z, ev, w, q)
