@@ -33,6 +33,57 @@ CATEGORICAL: tuple[str, ...] = ("tenant", "tier", "category", "source", "model")
 UNKNOWN_CODE = 0
 PAPER_CATEGORIES = ("short_qa", "summary", "technical", "report")
 
+# Generator descriptors (``Featurizer(generator_features=True)``): what a model's *name* says
+# about it, so a generator never seen in training is placed by family and size instead of
+# falling into the one unknown ``model_id`` bucket. Family code = position + 1 (0: none known);
+# checked in order, so "mixtral" and "ministral" count as mistral and "codellama" as llama.
+GENERATOR_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("llama", ("llama",)),
+    ("qwen", ("qwen",)),
+    ("gemma", ("gemma",)),
+    ("mistral", ("mistral", "mixtral", "ministral", "zephyr", "openhermes", "dolphin")),
+    ("phi", ("phi-", "phi2", "phi3", "phi4")),
+    ("gpt", ("gpt", "chatgpt", "text-davinci", "openai")),
+    ("claude", ("claude",)),
+    ("yi", ("yi-",)),
+    ("vicuna", ("vicuna",)),
+    ("wizardlm", ("wizard",)),
+    ("tulu", ("tulu",)),
+    ("falcon", ("falcon",)),
+    ("deepseek", ("deepseek",)),
+    ("cohere", ("cohere", "command")),
+    ("gemini", ("gemini", "palm", "bard")),
+    ("xwin", ("xwin",)),
+    ("dbrx", ("dbrx",)),
+    ("internlm", ("internlm",)),
+    ("baichuan", ("baichuan",)),
+)
+GENERATOR_NAMES: tuple[str, ...] = ("gen_size_log", "gen_family", "gen_instruct", "gen_moe")
+_SIZE_RE = re.compile(r"(?:(\d+)x)?(\d+(?:\.\d+)?)\s*b(?![a-z])", re.IGNORECASE)
+_INSTRUCT_RE = re.compile(r"(instruct|chat|\bit\b|-it-|-it$|_it$|sft|dpo|rlhf)", re.IGNORECASE)
+
+
+def generator_descriptors(model: str | None) -> tuple[float, float, float, float]:
+    """(log1p billions of parameters or NaN, family code, instruct flag, mixture flag)."""
+    if not isinstance(model, str) or not model or model == "unknown":
+        return (np.nan, 0.0, np.nan, np.nan)
+    low = model.lower()
+    size, moe = np.nan, 0.0
+    sizes = [
+        (float(m.group(1) or 1) * float(m.group(2)), bool(m.group(1)))
+        for m in _SIZE_RE.finditer(low)
+    ]
+    if sizes:  # the largest size named ("aligner-2b_qwen1.5-72b" -> 72b generates)
+        b, moe_flag = max(sizes)
+        size, moe = float(np.log1p(b)), float(moe_flag)
+    fam = 0.0
+    for i, (_, keys) in enumerate(GENERATOR_FAMILIES):
+        if any(k in low for k in keys):
+            fam = float(i + 1)
+            break
+    return (size, fam, float(bool(_INSTRUCT_RE.search(low))), moe)
+
+
 # Lexical cue -> regex (case-insensitive). Chosen for output length: explicit length requests,
 # task verbs that produce long outputs (write/explain/code) or short ones (classify/yes-no).
 _CUES: dict[str, str] = {
@@ -304,6 +355,7 @@ class Featurizer:
     text_score: bool = True  # ridge "prompt difficulty" score on TF-IDF (needs y in fit)
     score_alpha: float = 1.0  # ridge penalty of the text score
     score_folds: int = 5  # out-of-fold folds over training prompts (see fit)
+    generator_features: bool = False  # + GENERATOR_NAMES columns parsed from the model name
     # --- fitted state (set by fit / from_state) ---
     categories_: dict[str, list[str]] = field(default_factory=dict)
     vocabulary_: dict[str, int] = field(default_factory=dict)
@@ -323,6 +375,8 @@ class Featurizer:
         names += [f"svd_{i}" for i in range(self.n_text)]
         names += ["text_score"]
         names += [f"{c}_id" for c in CATEGORICAL]
+        if self.generator_features:
+            names += list(GENERATOR_NAMES)
         return names
 
     @property
@@ -331,7 +385,21 @@ class Featurizer:
 
     @property
     def categorical_indices(self) -> list[int]:
-        return [self.feature_names.index(f"{c}_id") for c in CATEGORICAL]
+        names = self.feature_names
+        cats = [names.index(f"{c}_id") for c in CATEGORICAL]
+        return cats + ([names.index("gen_family")] if self.generator_features else [])
+
+    def generator_columns(self, df: pd.DataFrame) -> np.ndarray:
+        """(n, len(GENERATOR_NAMES)) float32 descriptors of each row's model name."""
+        vals = df["model"].tolist() if "model" in df.columns else [None] * len(df)
+        memo = {v: generator_descriptors(v) for v in set(v for v in vals if isinstance(v, str))}
+        out = [
+            memo.get(v, generator_descriptors(None))
+            if isinstance(v, str)
+            else generator_descriptors(None)
+            for v in vals
+        ]
+        return np.asarray(out, dtype=np.float32).reshape(len(df), len(GENERATOR_NAMES))
 
     # --- fitting -------------------------------------------------------------------------
     def fit(self, df: pd.DataFrame, y: np.ndarray | None = None) -> Featurizer:
@@ -481,7 +549,10 @@ class Featurizer:
             lex[rows] = lex_u[src]
             txt[rows] = txt_u[src]
         ptok = np.log1p(prompt_tokens_of(df)).astype(np.float32)[:, None]
-        return np.hstack([ptok, lex, txt, self.encode_categorical(df)]).astype(np.float32)
+        parts = [ptok, lex, txt, self.encode_categorical(df)]
+        if self.generator_features:
+            parts.append(self.generator_columns(df))
+        return np.hstack(parts).astype(np.float32)
 
     # --- safe state ----------------------------------------------------------------------
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -497,6 +568,7 @@ class Featurizer:
                 "text_score": self.text_score,
                 "score_alpha": self.score_alpha,
                 "score_folds": self.score_folds,
+                "generator_features": self.generator_features,
             },
             "score_intercept": self.score_intercept_,
             "categories": self.categories_,

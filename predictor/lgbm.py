@@ -19,6 +19,7 @@ Artifacts: ``model_q50.txt``/``model_q90.txt`` (LightGBM text), ``featurizer.jso
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -110,6 +111,64 @@ def _train_quantiles(
     return boosters, best
 
 
+def fit_rank_booster(
+    F: np.ndarray,
+    y: np.ndarray,
+    names: list[str],
+    cat_idx: list[int],
+    *,
+    objective: str = "rank_xendcg",
+    group_size: int = 32,
+    levels: int = 16,
+    n_estimators: int = 300,
+    learning_rate: float = 0.06,
+    num_leaves: int = 63,
+    min_child_samples: int = 40,
+    num_threads: int = 1,
+    random_state: int = 0,
+) -> lgb.Booster:
+    """A LightGBM ranker of output length over random groups of ``group_size`` rows (the
+    requests waiting together); relevance = the row's length rank in its group, binned to
+    ``levels`` grades (longer = higher). Its raw score orders requests by expected length."""
+    if objective not in ("lambdarank", "rank_xendcg"):
+        raise ValueError(f"rank objective must be lambdarank or rank_xendcg, got {objective!r}")
+    rng = np.random.default_rng(random_state)
+    order = rng.permutation(len(y))
+    F, y = F[order], np.asarray(y, dtype=np.float64)[order]
+    n_groups = max(1, len(y) // group_size)
+    bounds = np.linspace(0, len(y), n_groups + 1).astype(np.int64)
+    label = np.zeros(len(y), dtype=np.int64)
+    for a, b in itertools.pairwise(bounds):
+        r = np.argsort(np.argsort(y[a:b] + rng.random(b - a) * 1e-3))  # ties broken at random
+        label[a:b] = (r * levels) // max(b - a, 1)
+    ds = lgb.Dataset(
+        F,
+        label,
+        group=np.diff(bounds),
+        feature_name=names,
+        categorical_feature=cat_idx,
+        params={"max_bin": 127, "verbosity": -1},
+    )
+    params = {
+        "objective": objective,
+        "learning_rate": learning_rate,
+        "num_leaves": num_leaves,
+        "min_data_in_leaf": min_child_samples,
+        "feature_fraction": 0.8,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "num_threads": num_threads,
+        "seed": random_state,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbosity": -1,
+        "max_bin": 127,
+        "label_gain": list(range(levels)),
+        "lambdarank_truncation_level": group_size,
+    }
+    return lgb.train(params, ds, num_boost_round=n_estimators)
+
+
 def _load_booster(path: Path) -> lgb.Booster:
     try:
         return lgb.Booster(model_file=str(path))
@@ -170,6 +229,8 @@ class LightGBMLength(LengthEstimator):
         max_vocab: int = 20000,
         min_count: int = 20,
         text_score: bool = True,
+        generator_features: bool = False,
+        model_id_dropout: float = 0.0,
         fast_predict: bool = True,
         num_threads: int = 2,
         random_state: int = 0,
@@ -188,6 +249,11 @@ class LightGBMLength(LengthEstimator):
         self.max_vocab = max_vocab
         self.min_count = min_count
         self.text_score = text_score
+        # model-name descriptors (family, size) as features (predictor.features.GENERATOR_NAMES)
+        self.generator_features = generator_features
+        # share of training rows whose model_id is set to the unknown code, so the trees learn
+        # what an unseen generator looks like from its descriptors (0: off)
+        self.model_id_dropout = model_id_dropout
         # serving batches (< SMALL_BATCH rows) through predictor.fast_trees (same predictions,
         # compiled; falls back to LightGBM without numba)
         self.fast_predict = fast_predict
@@ -215,11 +281,17 @@ class LightGBMLength(LengthEstimator):
                 min_count=self.min_count,
                 random_state=self.random_state,
                 text_score=self.text_score,
+                generator_features=self.generator_features,
             )
             featurizer.fit(X, yv)
         self.featurizer_ = featurizer
+        F = self.featurizer_.transform(X, training=True)
+        if self.model_id_dropout > 0:
+            rng = np.random.default_rng(self.random_state + 11)
+            col = self.featurizer_.feature_names.index("model_id")
+            F[rng.random(len(F)) < self.model_id_dropout, col] = 0.0  # the unknown code
         return self.fit_features(
-            self.featurizer_.transform(X, training=True),
+            F,
             yv,
             None
             if eval_set is None
@@ -282,6 +354,37 @@ class LightGBMLength(LengthEstimator):
 
     def _forest(self) -> fast_trees.CompiledForest | None:
         return _cached_forest(self)
+
+    def continue_fit(self, F: np.ndarray, y: np.ndarray, rounds: int) -> LightGBMLength:
+        """A new estimator: these quantile models plus ``rounds`` trees each fitted on
+        ``(F, y)`` (e.g. the serving engine's own recent completions). The featurizer and the
+        p90 shift are shared; ``self`` is unchanged, so refits can always restart from it."""
+        self._check_fitted()
+        F = np.asarray(F, dtype=np.float32)
+        yv = check_lengths(y, F.shape[0])
+        if rounds < 1:
+            raise ValueError(f"continue_fit needs rounds >= 1, got {rounds}")
+        new = LightGBMLength(**self.get_params())
+        new.featurizer_ = self.featurizer_
+        new.boosters_, new.best_iteration_ = [], []
+        for alpha, b, it in zip(self.quantiles, self.boosters_, self.best_iteration_):
+            params = _booster_params(self, alpha)
+            # a few hundred rows: leaves small enough to split at all
+            params["min_data_in_leaf"] = int(min(self.min_child_samples, max(5, len(yv) // 20)))
+            base = lgb.Booster(model_str=b.model_to_string(num_iteration=it))
+            ds = lgb.Dataset(
+                F,
+                np.log(yv),
+                feature_name=self.featurizer_.feature_names,
+                categorical_feature=self.featurizer_.categorical_indices,
+                params={"max_bin": 127, "verbosity": -1},
+            )
+            nb = lgb.train(params, ds, num_boost_round=rounds, init_model=base)
+            new.boosters_.append(nb)
+            new.best_iteration_.append(int(nb.current_iteration()))
+        new.p90_shift_ = self.p90_shift_
+        new.fitted_ = True
+        return new
 
     def predict_quantiles(self, X: pd.DataFrame) -> np.ndarray:
         return self.predict_features(self.featurize(X))
