@@ -23,17 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from report.generalisation import (
-    PLANS,
     SUITE,
     Entry,
     SuitePlan,
     _mean,
     _summary,
     collect,
-    ensure_predictor,
-    preset_predictor,
     run_suite,
+    suite_paths,
     suite_policies,
+    train_suite_predictors,
 )
 from report.results import REPO, Arm, fmt_ci, get, md_table, rel
 
@@ -307,22 +306,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--doc", default=None, help="default docs/ABLATIONS.md (full plan)")
     ap.add_argument("--override", action="append", default=[], help="extra evaluate.py override")
     a = ap.parse_args(argv)
-    plan = PLANS["quick" if a.quick else "full"]
-    root = Path(a.runs) / plan.name
-    if a.doc:
-        doc = Path(a.doc)
-    elif plan.name == "full":
-        doc = REPO / "docs" / "ABLATIONS.md"
-    else:
-        doc = root / "ABLATIONS.md"
-    os.environ.setdefault("DRIFTSCHED_PROGRESS", "off")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    plan, root, doc = suite_paths(a.quick, a.runs, a.doc, "ABLATIONS.md")
     t0 = time.perf_counter()
-    for e in SUITE:
-        if plan.entries is None or e.name in plan.entries:
-            pred = preset_predictor(e)
-            if pred is not None:
-                ensure_predictor(pred[0], pred[1])
+    train_suite_predictors(plan)
     baselines = suite_policies(plan)
     arms = [Arm(p, p) for p in baselines] + variant_arms()
     runs = run_suite(plan, root, a.override, arms=arms)

@@ -412,6 +412,33 @@ def write_document(
     return key
 
 
+def suite_paths(quick: bool, runs: str, doc: str | None, name: str) -> tuple[SuitePlan, Path, Path]:
+    """(plan, run root, document) for a suite command; the full plan's document is the
+    documented study in docs/, a quick run's lies beside its run directories."""
+    plan = PLANS["quick" if quick else "full"]
+    root = Path(runs) / plan.name
+    if doc:
+        path = Path(doc)
+    elif plan.name == "full":
+        path = REPO / "docs" / name
+    else:
+        path = root / name
+    os.environ.setdefault("DRIFTSCHED_PROGRESS", "off")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    return plan, root, path
+
+
+def train_suite_predictors(plan: SuitePlan, extra: Sequence[str] = ()) -> float:
+    """Train the predictors the plan's presets are judged with, where missing; seconds."""
+    total = 0.0
+    for e in SUITE:
+        if plan.entries is None or e.name in plan.entries:
+            pred = preset_predictor(e)
+            if pred is not None:
+                total += ensure_predictor(pred[0], pred[1], extra)
+    return total
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m report.generalisation", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="the CI smoke plan (small, 1 seed)")
@@ -427,25 +454,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--override", action="append", default=[], help="extra evaluate.py override (repeatable)"
     )
     a = ap.parse_args(argv)
-    plan = PLANS["quick" if a.quick else "full"]
-    root = Path(a.runs) / plan.name
-    # the full plan is the documented study; a quick run writes beside its run directories
-    if a.doc:
-        doc = Path(a.doc)
-    elif plan.name == "full":
-        doc = REPO / "docs" / "GENERALISATION.md"
-    else:
-        doc = root / "GENERALISATION.md"
-    os.environ.setdefault("DRIFTSCHED_PROGRESS", "off")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    plan, root, doc = suite_paths(a.quick, a.runs, a.doc, "GENERALISATION.md")
     t0 = time.perf_counter()
-    train_s = 0.0
-    for e in SUITE:
-        if plan.entries is not None and e.name not in plan.entries:
-            continue
-        pred = preset_predictor(e)
-        if pred is not None:
-            train_s += ensure_predictor(pred[0], pred[1], a.train_arg)
+    train_s = train_suite_predictors(plan, a.train_arg)
     runs = run_suite(plan, root, a.override)
     wall = time.perf_counter() - t0
     key = write_document(plan, root, doc, runs, wall, train_s)

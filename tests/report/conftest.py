@@ -86,3 +86,16 @@ def suite_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     df["prompt"] = [" ".join(rng.choice(words, size=5)) + f" {i}" for i in range(len(df))]
     df["prompt_id"] = [f"p{i}" for i in range(len(df))]
     return save_tiny_predictor(tmp_path_factory.mktemp("suite_artifacts"), df)
+
+
+def suite_args(tmp: Path, artifacts: Path) -> list[str]:
+    """Command-line arguments of a reduced suite/ablation run into ``tmp`` on ``artifacts``."""
+    return [
+        "--quick",
+        "--runs",
+        str(tmp / "runs"),
+        "--override",
+        f"predictor_dir={artifacts}",
+        "--override",
+        "engine.capacity_sample=60",
+    ]

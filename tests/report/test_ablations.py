@@ -9,6 +9,7 @@ import pytest
 
 import report.ablations as abl
 import report.generalisation as gen
+from tests.report.conftest import suite_args
 
 
 def test_variants_switch_exactly_one_mechanism_on() -> None:
@@ -32,22 +33,10 @@ def test_quick_ablations_write_the_document(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     plan = replace(gen.PLANS["quick"], n_requests=60, entries=("memory_bound",))
-    monkeypatch.setitem(abl.PLANS, "quick", plan)
+    monkeypatch.setitem(gen.PLANS, "quick", plan)
     monkeypatch.setattr(abl, "LOW_LOADS", (0.5,))
     doc = tmp_path / "ABL.md"
-    key = abl.main(
-        [
-            "--quick",
-            "--runs",
-            str(tmp_path / "runs"),
-            "--doc",
-            str(doc),
-            "--override",
-            f"predictor_dir={suite_artifacts}",
-            "--override",
-            "engine.capacity_sample=60",
-        ]
-    )
+    key = abl.main([*suite_args(tmp_path, suite_artifacts), "--doc", str(doc)])
     text = doc.read_text()
     for part in ("## Arms", "## Targets", "Light load", "### memory_bound", "`drift-core`"):
         assert part in text

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import report.generalisation as gen
+from tests.report.conftest import suite_args
 
 
 def test_every_suite_entry_is_a_documented_preset() -> None:
@@ -29,19 +30,7 @@ def test_quick_suite_writes_the_document(
     plan = replace(gen.PLANS["quick"], n_requests=60, entries=("unseen_prompts", "memory_bound"))
     monkeypatch.setitem(gen.PLANS, "quick", plan)
     doc = tmp_path / "GEN.md"
-    key = gen.main(
-        [
-            "--quick",
-            "--runs",
-            str(tmp_path / "runs"),
-            "--doc",
-            str(doc),
-            "--override",
-            f"predictor_dir={suite_artifacts}",
-            "--override",
-            "engine.capacity_sample=60",
-        ]
-    )
+    key = gen.main([*suite_args(tmp_path, suite_artifacts), "--doc", str(doc)])
     text = doc.read_text()
     for part in ("## Reading", "## Headroom capture", "### unseen_prompts", "### memory_bound"):
         assert part in text
