@@ -487,7 +487,10 @@ def section_overlap(
             fifo = {s: _lat(load_run(runs[s]["fifo"])[0], "e2e_s", "mean") for s in seeds}
             orc = {s: _lat(load_run(runs[s]["oracle"])[0], "e2e_s", "mean") for s in seeds}
             e2e = [_lat(summ[s], "e2e_s", "mean") for s in seeds]
-            cap = [(fifo[s] - e2e[i]) / (fifo[s] - orc[s]) for i, s in enumerate(seeds)]
+            cap = [
+                (fifo[s] - e2e[i]) / (fifo[s] - orc[s]) if fifo[s] != orc[s] else math.nan
+                for i, s in enumerate(seeds)
+            ]
             ov = [summ[s].get("train_overlap") for s in seeds]
             tau = [_tau(runs[s][p]) for s in seeds] if p in ("sjf", "drift") else []
             key[f"{tag}_{p}_capture"] = cap
@@ -495,7 +498,9 @@ def section_overlap(
             row += [
                 fmt_ci(e2e),
                 fmt_ci(cap),
-                "-" if ov[0] is None else f"{max(float(x) for x in ov):.2f}",
+                "-"
+                if all(x is None for x in ov)
+                else f"{max(float(x) for x in ov if x is not None):.2f}",
                 fmt_ci(tau) if tau else "-",
             ]
         rows.append(row)
@@ -876,6 +881,12 @@ def drift_guard_note(mb: Mapping[int, Mapping[str, Path]], seeds: Sequence[int])
     for s in seeds:
         d = mb[s]["drift"]
         pcfg = OmegaConf.load(d / "config.yaml").policy
+        if pcfg.get("max_wait_s") is None:
+            return (
+                "Our `drift` policy runs here with its default configuration (no starvation "
+                "guard, no re-prediction: docs/ABLATIONS.md), i.e. admission-time ranking on "
+                "the learned predictor.\n"
+            )
         guard = float(pcfg.max_wait_s) * float(pcfg.guard_fraction)
         rec = load_run(d)[1]
         w = (rec["admitted_s"] - rec["arrival_s"]).to_numpy()

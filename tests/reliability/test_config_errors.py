@@ -74,7 +74,7 @@ POISSON = _set("arrival", {"kind": "poisson", "rate_rps": 4.0})
 
 # (case id, edit of the default preset, regex the message must contain)
 DEFAULT_CASES: list[tuple[str, Callable[[dict], None], str]] = [
-    ("unknown preset", _set("preset", "tenantz"), r"preset 'tenantz'.*\['tenants', 'paper'\]"),
+    ("unknown preset", _set("preset", "tenantz"), r"preset 'tenantz'.*\['tenants', 'paper', 'trace'\]"),
     ("unknown field", _set("n_request", 10), r"unknown field\(s\) \['n_request'\].*n_requests"),
     ("no tenants", _set("tenants", {}), r"'tenants' is missing or empty"),
     ("n_requests 0", _set("n_requests", 0), r"n_requests = 0: expected an integer >= 1"),

@@ -104,7 +104,8 @@ def test_pipeline_regenerates_document(tmp_path: Path, tiny_artifacts: Path) -> 
     cited = set(re.findall(r"`([^`]*runs/tiny/[^`]*)`", text))
     assert cited
     jobs = list((runs / "tiny").rglob("summary.json"))
-    assert len(jobs) == 2 * (10 + 7) + 2 * 1 * 4 + 2 * 5  # paper mb+cb, headline, shift
+    # paper mb+cb, headline, shift, the overlapping-protocol comparison (4 arms x 2 seeds)
+    assert len(jobs) == 2 * (10 + 7) + 2 * 1 * 4 + 2 * 5 + 2 * 4
     for j in jobs:
         s = json.loads(j.read_text())
         assert s["n_finished"] + s["n_aborted"] == s["n_requests"]
