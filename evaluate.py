@@ -330,6 +330,8 @@ def _evaluate(
     workload = workload.at_rate(rate)
     slos = workload_slos(workload)
     overlap = train_overlap(cfg, workload, pcfgs)
+    distinct = workload.distinct_prompts()  # once: the same workload for every policy
+    unseen_by = _container(cfg.workload).get("unseen_by")
     single = len(pcfgs) == 1 and cfg.get("policy") is not None
     print(
         f"workload {workload.name!r} seed {seed}: {len(workload)} requests, "
@@ -393,8 +395,8 @@ def _evaluate(
                 "capacity_rps": capacity,
                 "train_overlap": overlap[name],
                 "allow_train_overlap": bool(cfg.get("allow_train_overlap", False)),
-                "distinct_prompts": workload.distinct_prompts(),
-                "unseen_by": _container(cfg.workload).get("unseen_by"),
+                "distinct_prompts": distinct,
+                "unseen_by": unseen_by,
                 "sim_wall_s": wall,
                 "policy_params": policy.describe(),
                 "predictor": predictor_health(policy) or result.meta.get("predictor"),
@@ -424,7 +426,7 @@ def _evaluate(
         if reading:
             print(
                 f"\nWhat this says (workload {workload.name!r}, utilisation "
-                f"{cfg.utilisation}, seed {seed}, {workload.distinct_prompts():,} distinct "
+                f"{cfg.utilisation}, seed {seed}, {distinct:,} distinct "
                 "prompts; one seed: use a sweep for intervals):"
             )
             for line in reading:

@@ -45,11 +45,8 @@ from data.workload import (
     _arrival_from_dict,
     _check_fields,
     check_number,
-    gamma_arrivals,
-    poisson_arrivals,
-    replay_arrivals,
+    process_arrivals,
     spawn_streams,
-    trace_times,
 )
 
 
@@ -118,20 +115,6 @@ class TraceSpec:
         return cls(**d)
 
 
-def _arrivals(spec: TraceSpec, n: int, rng: dict[str, np.random.Generator]) -> np.ndarray:
-    a = spec.arrival
-    if a.kind == "poisson":
-        return poisson_arrivals(n, float(a.rate_rps or 1.0), rng["arrivals"])
-    if a.kind == "gamma":
-        return gamma_arrivals(n, float(a.rate_rps or 1.0), a.cv, rng["arrivals"])
-    if a.kind == "replay":
-        return replay_arrivals(n, trace_times(a.trace, rng["buckets"]), a.start_s)
-    raise ValueError(
-        f"workload.arrival.kind {a.kind!r}: a trace without arrival_s takes poisson, gamma "
-        "or replay arrivals"
-    )
-
-
 def build_trace_workload(spec: TraceSpec, seed: int = 0) -> Workload:
     """The workload of a user trace file (see the module doc); deterministic in ``seed``."""
     from data.loaders import load_trace_file
@@ -155,7 +138,12 @@ def build_trace_workload(spec: TraceSpec, seed: int = 0) -> Workload:
                 f"{where}: column 'arrival_s' is set on some rows but missing on row(s) {bad}; "
                 "expected it on every row (or on none: then workload.arrival generates them)"
             )
-        df["arrival_s"] = _arrivals(spec, len(df), rngs)
+        if spec.arrival.kind == "servegen":
+            raise ValueError(
+                "workload.arrival.kind 'servegen': a trace without arrival_s takes poisson, "
+                "gamma or replay arrivals"
+            )
+        df["arrival_s"] = process_arrivals(spec.arrival, len(df), rngs)
         reports.append(f"{where}: no arrival_s; arrivals {spec.arrival.describe()}")
     if spec.n_requests is not None and spec.n_requests < len(df):
         reports.append(f"{where}: the first {spec.n_requests:,} of {len(df):,} requests")

@@ -770,12 +770,7 @@ def _tenant_assignment(
             n, a.servegen_model, clients, a.window_s, a.start_s, rngs["arrivals"], a.rate_scale
         )
     else:
-        if a.kind == "poisson":
-            t = poisson_arrivals(n, a.rate_rps, rngs["arrivals"])  # type: ignore[arg-type]
-        elif a.kind == "gamma":
-            t = gamma_arrivals(n, a.rate_rps, a.cv, rngs["arrivals"])  # type: ignore[arg-type]
-        else:
-            t = replay_arrivals(n, trace_times(a.trace, rngs["buckets"]), a.start_s)
+        t = process_arrivals(a, n, rngs)
         parts = []
         for lo, hi, phase in _phase_bounds(spec):
             w = _phase_weights(spec, phase)
@@ -786,6 +781,20 @@ def _tenant_assignment(
     if a.kind in ("replay", "servegen") and a.rate_rps is not None and n > 1 and t[-1] > t[0]:
         t = t * (((n - 1) / (t[-1] - t[0])) / a.rate_rps)
     return t, owner
+
+
+def process_arrivals(a: ArrivalSpec, n: int, rngs: dict[str, np.random.Generator]) -> np.ndarray:
+    """``n`` sorted arrival times (s) of a poisson, gamma or replay arrival spec."""
+    if a.kind == "poisson":
+        return poisson_arrivals(n, a.rate_rps, rngs["arrivals"])  # type: ignore[arg-type]
+    if a.kind == "gamma":
+        return gamma_arrivals(n, a.rate_rps, a.cv, rngs["arrivals"])  # type: ignore[arg-type]
+    if a.kind == "replay":
+        return replay_arrivals(n, trace_times(a.trace, rngs["buckets"]), a.start_s)
+    raise ValueError(
+        f"arrival kind {a.kind!r}: expected poisson, gamma or replay here (servegen arrivals "
+        "come with their own tenant streams)"
+    )
 
 
 def _draw_rows(n_pool: int, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -162,24 +162,22 @@ def test_multirun_sweep(tmp_path: Path) -> None:
     ]
 
 
-def test_missing_predictor_names_train_command(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run_cli_failing(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    """evaluate.py with ``args`` on the small workload; the run must fail."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            "evaluate.py",
-            "+policy=drift",
-            f"predictor_dir={tmp_path / 'none'}",
-            *SMALL,
-            f"hydra.run.dir={tmp_path / 'r'}",
-        ],
+        [sys.executable, "evaluate.py", *args, *SMALL, f"hydra.run.dir={tmp / 'r'}"],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert proc.returncode != 0
+    return proc
+
+
+def test_missing_predictor_names_train_command(tmp_path: Path) -> None:
+    proc = run_cli_failing(["+policy=drift", f"predictor_dir={tmp_path / 'none'}"], tmp_path)
     assert "python train.py" in proc.stderr + proc.stdout
 
 
@@ -203,24 +201,10 @@ def test_skip_finished_skips_only_a_finished_run_of_the_same_config(tmp_path: Pa
 
 
 def test_preset_with_its_own_predictor_names_the_training_command(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "evaluate.py",
-            "workload=unseen_source",
-            "+policy=sjf",
-            f"workload.predictor.dir={tmp_path / 'loso'}",
-            *SMALL,
-            f"hydra.run.dir={tmp_path / 'r'}",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    proc = run_cli_failing(
+        ["workload=unseen_source", "+policy=sjf", f"workload.predictor.dir={tmp_path / 'loso'}"],
+        tmp_path,
     )
-    assert proc.returncode != 0
     err = proc.stderr + proc.stdout
     assert "python train.py data.split.kind=leave_one_source_out" in err
     assert f"out_dir={tmp_path / 'loso'}" in err
