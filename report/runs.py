@@ -15,13 +15,19 @@ finds, complete or not. A job is *incomplete* when
 
 :func:`job_finished` is the same test for one directory, used to skip finished jobs when a sweep
 is re-run (see docs/COMPARING.md, "Resuming a sweep").
+
+This module is the one owner of the format: the job layer (``report.jobs``) writes a job
+directory only through :func:`atomic_write`, :func:`write_outputs`, :func:`write_partial`,
+:func:`mark_running` and :func:`save_config`, and reads it back through the functions below.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -32,7 +38,10 @@ import pandas as pd
 RECORDS = "records.parquet"
 STEPS = "steps.parquet"
 SUMMARY = "summary.json"
-MARKER = "INCOMPLETE"
+MARKER = "INCOMPLETE"  # present while a job runs or after it failed (its text says why)
+PARTIAL_META = "partial.json"  # what a failed job kept: error, counts (no summary.json)
+CONFIG = "config.yaml"  # the job's composed config (unresolved), saved before it runs
+COMPARISON = "comparison.csv"  # the bare command's table over its per-policy sub-directories
 SKIP_DIRS = {"wandb", ".hydra", ".submitit", "__pycache__", "figures", "comparison", ".git"}
 
 
@@ -225,3 +234,108 @@ def _has_results_below(d: Path) -> bool:
         if Path(dirpath) != d and (RECORDS in filenames or SUMMARY in filenames):
             return True
     return False
+
+
+# --- writing a job directory ---------------------------------------------------------------------
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same directory, then rename (no torn files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def clean_json(o: Any) -> Any:
+    """NaN/inf -> None so summary.json is strict JSON."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, Mapping):
+        return {str(k): clean_json(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [clean_json(v) for v in o]
+    return o
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Strict JSON (NaN/inf as null, numpy scalars as numbers), written atomically."""
+    text = json.dumps(clean_json(obj), indent=2, default=_json_default, allow_nan=False)
+    atomic_write(path, lambda p: p.write_text(text))
+
+
+def save_config(job_dir: Path, cfg: Any) -> None:
+    """The composed config (unresolved) as ``config.yaml``: what :func:`finished_same_config`
+    compares a re-run against."""
+    from omegaconf import OmegaConf
+
+    atomic_write(job_dir / CONFIG, lambda p: OmegaConf.save(cfg, p))
+
+
+def finished_same_config(job_dir: Path, cfg: Any) -> bool:
+    """True if ``job_dir`` holds a finished job (:func:`job_finished`) whose saved
+    ``config.yaml`` equals ``cfg`` (a re-run of a resumable sweep skips it)."""
+    from omegaconf import OmegaConf
+
+    saved = job_dir / CONFIG
+    if not saved.is_file() or not job_finished(job_dir):
+        return False
+    old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    return old == OmegaConf.to_container(cfg, resolve=False)
+
+
+def mark_running(job_dir: Path, text: str) -> Path:
+    """Write the ``INCOMPLETE`` marker (the job counts as unfinished until
+    :func:`write_outputs` has written summary.json and the marker is removed); returns it."""
+    marker = job_dir / MARKER
+    atomic_write(marker, lambda p: p.write_text(text))
+    return marker
+
+
+def write_outputs(job_dir: Path, result: Any, summary: Mapping[str, Any]) -> None:
+    """records.parquet, steps.parquet, then summary.json (last: it marks the job finished)."""
+    # a re-run into a finished job's directory: drop the old summary first, so a crash between
+    # the renames below never pairs new records with a summary that claims completion
+    (job_dir / SUMMARY).unlink(missing_ok=True)
+    atomic_write(job_dir / RECORDS, lambda p: result.records.to_parquet(p))
+    atomic_write(job_dir / STEPS, lambda p: result.steps.to_parquet(p))
+    write_json(job_dir / SUMMARY, summary)
+
+
+def write_partial(job_dir: Path, name: str, exc: BaseException) -> str:
+    """After a failed or interrupted run: the records the engine kept (``exc.partial_result``,
+    both engines) and ``partial.json``; never ``summary.json``, so the job stays incomplete.
+    Returns the marker text. Never raises over ``exc``."""
+    kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    head = f"policy {name} {kind}: {type(exc).__name__}: {exc}\n"
+    res = getattr(exc, "partial_result", None)
+    if res is None or getattr(res, "records", None) is None:
+        why = getattr(exc, "partial_error", "the engine kept no records of this run")
+        return head + f"no records were written for it ({why})\n"
+    try:
+        (job_dir / SUMMARY).unlink(missing_ok=True)
+        atomic_write(job_dir / RECORDS, lambda p: res.records.to_parquet(p))
+        if getattr(res, "steps", None) is not None:
+            atomic_write(job_dir / STEPS, lambda p: res.steps.to_parquet(p))
+        write_json(job_dir / PARTIAL_META, {**dict(res.meta or {}), "complete": False,
+                                           "error": head.strip()})
+    except Exception as e:  # keep the original error; say what was lost
+        return head + f"its partial records could not be written ({type(e).__name__}: {e})\n"
+    rec = res.records
+    n_fin = int((rec["status"] == "finished").sum()) if "status" in rec else 0
+    left = (res.meta or {}).get("unfinished_requests")
+    return head + (
+        f"partial records: {len(rec)} request(s) that ended before it ({n_fin} finished, "
+        f"{len(rec) - n_fin} aborted) in records.parquet"
+        + (f"; {left} unfinished request(s) left out" if left is not None else "")
+        + f"; details in {PARTIAL_META}. This run is INCOMPLETE: do not compare it as finished\n"
+    )
