@@ -34,7 +34,8 @@ from report.generalisation import (
     suite_policies,
     train_suite_predictors,
 )
-from report.results import REPO, Arm, _group_minutes, fmt_ci, get, md_table, rel
+from report.jobs import Arm
+from report.results import REPO, _group_minutes, fmt_ci, get, md_table, rel
 
 # everything beyond admission-time ranking off (a starvation bound far beyond any run)
 CORE = (

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from report.results import REPO, Arm, compose_cfg, fmt_ci, get, md_table, rel, run_arms
+from report.jobs import Arm, compose, run_arms
+from report.results import REPO, fmt_ci, get, md_table, rel
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def workload_header(name: str) -> str:
 
 def preset_predictor(entry: Entry) -> tuple[str, list[str]] | None:
     """(artifact dir, train.py overrides) of a preset judged with its own predictor."""
-    cfg = compose_cfg([f"workload={entry.workload}", f"engine={entry.engine}"])
+    cfg = compose([f"workload={entry.workload}", f"engine={entry.engine}"])
     pred = cfg.workload.get("predictor")
     if pred is None or not pred.get("train"):
         return None
@@ -131,7 +132,7 @@ def ensure_predictor(
 
 def suite_policies(plan: SuitePlan) -> tuple[str, ...]:
     """The plan's policies: its own list, else ``conf/evaluate.yaml``'s ``compare``."""
-    return plan.policies or tuple(compose_cfg([]).compare)
+    return plan.policies or tuple(compose([]).compare)
 
 
 def run_suite(
@@ -168,7 +169,7 @@ def run_suite(
 
             def wl(base: list[str] = base, seed: int = seed, cache: dict = cache) -> Any:
                 if "w" not in cache:
-                    cache["w"] = workload_from_config(compose_cfg(base).workload, seed=seed)
+                    cache["w"] = workload_from_config(compose(base).workload, seed=seed)
                 return cache["w"]
 
             for u in plan.loads:

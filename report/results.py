@@ -8,7 +8,7 @@ batching and with our ``drift`` policy. Part 2 is the headline study on the defa
 multi-tenant workload (every policy x utilisation x seeds), the held-out predictor table and a
 workload whose tenants' length mix shifts halfway (online recalibration on/off).
 
-Every simulation is an ``evaluate.py`` job run in-process (``evaluate._evaluate``) into
+Every simulation is an ``evaluate.py`` job run in-process (``report.jobs.run_arms``) into
 ``results_runs/<part>/...`` (``records.parquet``, ``steps.parquet``, ``summary.json``,
 ``config.yaml``; ``python compare.py results_runs/headline`` reads them). A job whose directory
 already holds a finished run of the same config is reused, so an interrupted run resumes. Every
@@ -27,7 +27,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from data.schema import TIERS
+from report.jobs import JOBS, Arm, compose, run_arms
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -87,77 +88,6 @@ PLANS: dict[str, Plan] = {
         "tiny", 0.03, (0, 1), 80, (0, 1), (1.1,), ("fifo", "sjf", "drift", "oracle"), 40, 1.0
     ),
 }
-
-
-# --- running jobs ------------------------------------------------------------------------------
-def compose_cfg(overrides: Sequence[str]) -> Any:
-    """``conf/evaluate.yaml`` composed with ``overrides`` (Hydra compose API, no app)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("evaluate", overrides=list(overrides))
-
-
-@dataclass(frozen=True)
-class Arm:
-    label: str
-    policy: str
-    overrides: tuple[str, ...] = ()
-
-
-def run_arms(
-    run_dir: Path,
-    base: Sequence[str],
-    arms: Sequence[Arm],
-    workload: Callable[[], Any],
-    rate_rps: float | None = None,
-) -> dict[str, Path]:
-    """Run each arm on one workload (same seed, same load) into ``run_dir/<label>``.
-
-    ``base``: Hydra overrides shared by every arm (logger=none is added). ``workload``: builds
-    the workload (called only if some arm must run). Arms whose directory holds a finished run
-    of the same config are reused.
-    """
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf, open_dict
-
-    import evaluate as ev
-
-    base = [*base, "logger=none"]
-    todo: dict[str, tuple[Any, Any]] = {}
-    dirs: dict[str, Path] = {}
-    for arm in arms:
-        cfg = compose_cfg([*base, f"+policy={arm.policy}", *arm.overrides])
-        if rate_rps is not None:
-            with open_dict(cfg):
-                cfg.rate_rps = float(rate_rps)
-        d = run_dir / arm.label
-        dirs[arm.label] = d
-        if ev.finished_same_config(d, cfg):
-            continue
-        d.mkdir(parents=True, exist_ok=True)
-        ev._atomic_write(d / "config.yaml", lambda p, c=cfg: OmegaConf.save(c, p))
-        todo[arm.label] = (cfg, cfg.policy)
-    if todo:
-        cfg0 = next(iter(todo.values()))[0]
-        cfg0 = OmegaConf.create(OmegaConf.to_container(cfg0, resolve=False))
-        del cfg0["policy"]  # no policy key: one sub-directory per arm
-        engine = instantiate(cfg0.engine)
-        pcfgs = {label: p for label, (_, p) in todo.items()}
-        policies = {label: ev.build_policy(p, cfg0) for label, p in pcfgs.items()}
-        t0 = time.perf_counter()
-        ev._evaluate(cfg0, run_dir, engine, workload(), pcfgs, policies)
-        # wall time of this group (workload build, capacity probe, every arm), for the header
-        timing = {"wall_s": time.perf_counter() - t0, "arms": sorted(todo)}
-        (run_dir / "group_timing.json").write_text(json.dumps(timing))
-    JOBS["run"] += len(todo)
-    JOBS["reused"] += len(dirs) - len(todo)
-    return dirs
-
-
-JOBS = {"run": 0, "reused": 0}  # jobs run / reused by this process (for the header)
 
 
 def load_run(d: Path) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -301,14 +231,14 @@ def paper_workload_overrides(plan: Plan) -> list[str]:
 def run_paper(plan: Plan, root: Path, over: Sequence[str] = ()) -> dict[str, Any]:
     from data.presets import workload_from_config
 
-    exp = compose_cfg(["+experiment=driftsched_paper"]).paper_experiment
+    exp = compose(["+experiment=driftsched_paper"]).paper_experiment
     arms = {k: Arm(k, v.policy, tuple(v.overrides)) for k, v in exp.arms.items()}
     cont = [arms[k] for k in exp.continuous_arms]
     wl_over = paper_workload_overrides(plan)
     runs: dict[str, dict[int, dict[str, Path]]] = {"mb": {}, "cb": {}}
     for seed in plan.paper_seeds:
         base = ["+experiment=driftsched_paper", f"seed={seed}", *wl_over, *over]
-        wl = workload_from_config(compose_cfg(base).workload, seed=seed)
+        wl = workload_from_config(compose(base).workload, seed=seed)
         native = wl.rate_rps  # the paper's own gaps: at_rate(native) rescales nothing
         inputs = paper_inputs(wl.requests)
         for mode, arm_list in (("mb", list(arms.values())), ("cb", cont)):
@@ -406,7 +336,7 @@ def run_headline(
 
         def wl(base: list[str] = base, seed: int = seed, cache: dict = cache) -> Any:
             if "w" not in cache:
-                cache["w"] = workload_from_config(compose_cfg(base).workload, seed=seed)
+                cache["w"] = workload_from_config(compose(base).workload, seed=seed)
             return cache["w"]
 
         for u in plan.loads:
@@ -440,7 +370,7 @@ def run_overlap(plan: Plan, root: Path, over: Sequence[str] = ()) -> dict[int, d
 
         def wl(base: list[str] = base, seed: int = seed, cache: dict = cache) -> Any:
             if "w" not in cache:
-                cache["w"] = workload_from_config(compose_cfg(base).workload, seed=seed)
+                cache["w"] = workload_from_config(compose(base).workload, seed=seed)
             return cache["w"]
 
         runs[seed] = run_arms(
@@ -538,7 +468,7 @@ def shift_workload(n: int, seed: int) -> Any:
 
     from data.presets import workload_from_config
 
-    cfg = compose_cfg([f"workload.n_requests={n}"]).workload
+    cfg = compose([f"workload.n_requests={n}"]).workload
     a = workload_from_config(cfg, seed=seed)
     cfg_b = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     chat_mix, batch_mix = cfg_b.tenants.chat.mix, cfg_b.tenants.batch.mix

@@ -326,8 +326,10 @@ def write_partial(job_dir: Path, name: str, exc: BaseException) -> str:
         atomic_write(job_dir / RECORDS, lambda p: res.records.to_parquet(p))
         if getattr(res, "steps", None) is not None:
             atomic_write(job_dir / STEPS, lambda p: res.steps.to_parquet(p))
-        write_json(job_dir / PARTIAL_META, {**dict(res.meta or {}), "complete": False,
-                                           "error": head.strip()})
+        write_json(
+            job_dir / PARTIAL_META,
+            {**dict(res.meta or {}), "complete": False, "error": head.strip()},
+        )
     except Exception as e:  # keep the original error; say what was lost
         return head + f"its partial records could not be written ({type(e).__name__}: {e})\n"
     rec = res.records

@@ -47,11 +47,35 @@ class EngineResult:
 
 
 class Engine(Protocol):
-    def run(self, workload: Any, policy: Policy) -> EngineResult: ...
+    """What the job layer (``report.jobs``) relies on; both engines implement all of it.
 
-    def capacity_rps(self, workload: Any) -> float: ...
+    ``with engine:`` starts it (the live engine loads the model once for the capacity probe and
+    every policy; the simulator holds nothing) and shuts it down, also when a run fails.
+    """
 
-    def describe(self) -> dict[str, object]: ...
+    name: str  # "sim" | "vllm": records' and summaries' ``engine`` field
+    max_requests: int | None  # serve only the workload's head (live on CPU); None: all of it
+    supports_live_faults: bool  # faults.client / faults.engine (scheduler.faults) are possible
+
+    def __enter__(self) -> Engine: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def run(
+        self, workload: Any, policy: Policy, *, faults: Any = None, progress: str | None = None
+    ) -> EngineResult:
+        """Serve the workload under the policy: the per-request record table, the step table
+        and run metadata. ``faults``: a ``FaultPlan`` or None; ``progress``: a label for quiet
+        progress output. A failed run raises with ``exc.partial_result`` (the records so far)."""
+        ...
+
+    def capacity_rps(self, workload: Any) -> float:
+        """Sustainable request rate for the workload's length mix (req/s)."""
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """Flat engine parameters (summaries, wandb config)."""
+        ...
 
 
 def workload_frame(workload: Any) -> pd.DataFrame:

@@ -326,3 +326,13 @@ def comparison_reading(
             "learned-policy numbers partly measure memorised prompts"
         )
     return out
+
+
+def workload_slos(workload: Any) -> dict[str, tuple[float, float]]:
+    """(TTFT s, E2E s) per tenant from the workload's tenants, and per tier as a fallback."""
+    from data.workload import TIER_SLOS
+
+    slos: dict[str, tuple[float, float]] = dict(TIER_SLOS)
+    for t in getattr(workload, "tenants", ()):
+        slos[t.name] = (float(t.slo_ttft_s), float(t.slo_e2e_s))
+    return slos

@@ -314,6 +314,8 @@ class VllmEngine:
         """Whether vLLM's stock scheduler serves (``scheduler_impl`` vllm_fcfs/vllm_priority)."""
         return self.cfg.scheduler_impl != "driftsched"
 
+    supports_live_faults = True  # client aborts/disconnects and engine death (scheduler.faults)
+
     @property
     def max_requests(self) -> int | None:
         """How many requests ``evaluate.py`` serves (the head of the workload)."""
@@ -488,12 +490,15 @@ class VllmEngine:
         abort_after_tokens: Mapping[str, int] | None = None,
         policy_name: str | None = None,
         faults: Any = None,
+        progress: str | None = None,
     ) -> EngineResult:
         """Replay ``workload`` under ``policy``; see the module docstring.
 
         ``faults``: a :class:`scheduler.faults.FaultPlan` (client aborts/disconnects, engine
         death). If the replay fails (engine death, Ctrl-C) the exception carries the records so
-        far as ``partial_result`` (an ``EngineResult``; see ``replay.partial_requests``)."""
+        far as ``partial_result`` (an ``EngineResult``; see ``replay.partial_requests``).
+        ``progress``: the label of the finished-request progress line (default: the policy
+        name)."""
         df = workload_frame(workload)
         spec = None
         if not self.stock and (
@@ -511,6 +516,7 @@ class VllmEngine:
                 policy_name,
                 getattr(workload, "seed", None),
                 faults,
+                progress,
             )
         finally:
             if owned:
@@ -525,6 +531,7 @@ class VllmEngine:
         policy_name: str | None,
         seed: int | None,
         faults: Any = None,
+        progress: str | None = None,
     ) -> EngineResult:
         from scheduler.faults import plan_client_faults
 
@@ -592,7 +599,7 @@ class VllmEngine:
                 llm, {p.req.request_id: TIER_PRIORITY[p.req.tier] for p in prepared}
             )
         wall = time.monotonic()
-        bar = self._progress(len(prepared), name)
+        bar = self._progress(len(prepared), progress or name)
         try:
             replay_kw = dict(
                 t0=t0,

@@ -83,6 +83,8 @@ class SimEngine:
     ``block_size``, ``num_gpu_blocks``, ``gpu_memory_utilization``, ``max_model_len``)."""
 
     name = "sim"
+    max_requests: int | None = None  # serves every request of the workload
+    supports_live_faults = False  # faults.client / faults.engine need the live engine
 
     def __init__(
         self,
@@ -174,11 +176,42 @@ class SimEngine:
             return len(fin) / max(float(fin[-1]), 1e-9)
         return (hi - lo) / float(span)
 
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> SimEngine:
+        return self  # nothing to start or stop: the simulator holds no resources
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
     # ------------------------------------------------------------------ run
-    def run(self, workload: Any, policy: Policy) -> EngineResult:
+    def run(
+        self, workload: Any, policy: Policy, *, faults: Any = None, progress: str | None = None
+    ) -> EngineResult:
         """Serve the workload (module docstring). If the policy (or anything else) raises mid-run,
         the exception propagates unchanged with the records of the requests that had ended so far
-        attached as ``exc.partial_result`` (see :func:`partial_result`)."""
+        attached as ``exc.partial_result`` (see :func:`partial_result`).
+
+        ``faults``: a ``scheduler.faults.FaultPlan``; the simulator takes only predictor faults,
+        which are injected into the policy before the run (``scheduler.faults``), so client or
+        engine faults are a ``ValueError``. ``progress``: a label; quiet progress in simulated
+        time (``scheduler.progress``) unless an ``observer`` is already set."""
+        if faults is not None and getattr(faults, "live_only", False):
+            raise ValueError(
+                "faults: client and engine faults need the live engine (engine=vllm); the "
+                "simulator supports faults.predictor only"
+            )
+        if progress is None or self.observer is not None:
+            return self._run(workload, policy)
+        from report.progress import sim_observer
+
+        self.observer = sim_observer(f"{progress} (sim)", workload)
+        try:
+            return self._run(workload, policy)
+        finally:
+            self.observer.close()
+            self.observer = None
+
+    def _run(self, workload: Any, policy: Policy) -> EngineResult:
         df = workload_frame(workload)
         reqs = requests_from_frame(df)
         seed = getattr(workload, "seed", None)

@@ -1,6 +1,6 @@
 """Issue 9 parts 6 and 5 (cheap part): crash-safe outputs and clean failures.
 
-* ``evaluate._atomic_write`` never leaves a torn or half-written file under the final name;
+* ``report.runs.atomic_write`` never leaves a torn or half-written file under the final name;
 * a policy that raises inside the simulator makes ``evaluate.py`` exit non-zero with the error,
   writes no ``summary.json`` and leaves an ``INCOMPLETE`` marker naming the failure;
 * a job killed with SIGKILL mid-run is flagged incomplete;
@@ -22,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import evaluate
+from report import jobs
+from report import runs as report_runs
 from report.runs import MARKER, discover_runs, job_finished
 from scheduler.policies.fifo import FIFOPolicy
 from scheduler.request import SchedRequest
@@ -112,12 +113,12 @@ def test_atomic_write_failure_leaves_no_file_and_no_temp(tmp_path: Path) -> None
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        evaluate._atomic_write(target, torn)
+        report_runs.atomic_write(target, torn)
     assert list(tmp_path.iterdir()) == []  # neither the target nor the temporary file
 
     target.write_text('{"old": true}')
     with pytest.raises(KeyboardInterrupt):
-        evaluate._atomic_write(target, torn)
+        report_runs.atomic_write(target, torn)
     assert json.loads(target.read_text()) == {"old": True}  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
@@ -137,7 +138,7 @@ def test_rewrite_of_a_finished_dir_that_dies_midway_is_not_complete(
             raise OSError("disk full (injected)")
 
     with pytest.raises(OSError, match="injected"):
-        evaluate.write_outputs(run, Res(), {"n_requests": 40})
+        report_runs.write_outputs(run, Res(), {"n_requests": 40})
     # the old summary.json no longer vouches for the new records
     assert not (run / "summary.json").exists()
     assert not job_finished(run)
@@ -226,14 +227,14 @@ def test_bare_command_with_a_failing_policy_flags_that_policy(
     # compare.py (an INCOMPLETE marker), not silently missing from the comparison
     from hydra import compose, initialize_config_dir
 
-    real = evaluate.build_policy
+    real = jobs.build_policy
 
-    def build(pcfg, cfg):  # "priority" gets a bug injected; the others are the real policies
+    def build(pcfg):  # "priority" gets a bug injected; the others are the real policies
         if pcfg.get("_target_", "").endswith("PriorityPolicy"):
             return ExplodingPolicy(after=5)
-        return real(pcfg, cfg)
+        return real(pcfg)
 
-    monkeypatch.setattr(evaluate, "build_policy", build)
+    monkeypatch.setattr(jobs, "build_policy", build)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(
@@ -241,7 +242,7 @@ def test_bare_command_with_a_failing_policy_flags_that_policy(
         )
     run = tmp_path / "bare"
     with pytest.raises(RuntimeError, match="injected policy failure"):
-        evaluate.evaluate(cfg, run)
+        jobs.evaluate(cfg, run)
     assert (run / "fifo" / "summary.json").is_file()
     assert not (run / "weighted").exists()  # never started: the failure stops the job
     runs = {r.path.name: r for r in discover_runs([run])}

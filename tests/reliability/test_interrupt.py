@@ -2,7 +2,7 @@
 
 * SIGINT to a real ``python evaluate.py`` subprocess (simulator): the records so far are
   written and flagged incomplete, wandb (offline) finishes, the process exits non-zero;
-* SIGINT to this process while ``evaluate.evaluate`` serves on the live vLLM engine: the same,
+* SIGINT to this process while ``report.jobs.evaluate`` serves on the live vLLM engine: the same,
   and the engine is shut down;
 * a live engine that dies mid-run: the job fails cleanly with partial records, and the next job
   (a fresh engine, as in a sweep) runs; a Hydra multirun sweep goes on after a failing job.
@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import evaluate
+from report import jobs
 from report.runs import MARKER, discover_runs
 from scheduler.faults import InjectedEngineFault
 from scheduler.policies.fifo import FIFOPolicy
@@ -216,7 +216,7 @@ def test_live_engine_death_fails_cleanly_and_the_next_job_runs(tmp_path, monkeyp
     cfg = _compose(tmp_path, "+faults=engine_death", "faults.engine.die_at_step=40")
     run1 = tmp_path / "job0"
     with pytest.raises(InjectedEngineFault, match="died in engine step 40"):
-        evaluate.evaluate(cfg, run1)
+        jobs.evaluate(cfg, run1)
     rec = assert_partial(run1, "failed", "InjectedEngineFault")
     part = json.loads((run1 / "partial.json").read_text())
     assert part["partial"]["cut_off"] >= 1 and part["unfinished_requests"] >= 1
@@ -226,7 +226,7 @@ def test_live_engine_death_fails_cleanly_and_the_next_job_runs(tmp_path, monkeyp
     assert len(INSTANCES) == 1 and not INSTANCES[0].is_open  # the engine was shut down
     # the next job of a sweep: a fresh engine, same workload, no fault
     run2 = tmp_path / "job1"
-    out = evaluate.evaluate(_compose(tmp_path, "workload.n_requests=12"), run2)
+    out = jobs.evaluate(_compose(tmp_path, "workload.n_requests=12"), run2)
     assert (run2 / "summary.json").is_file() and not (run2 / MARKER).exists()
     assert next(iter(out.values()))["n_requests"] == 12
     assert wandb_exit_code(run2) == 0
@@ -261,7 +261,7 @@ def test_sigint_during_live_evaluate_flushes_records_stops_engine(tmp_path, monk
     th.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            evaluate.evaluate(cfg, run)
+            jobs.evaluate(cfg, run)
     finally:
         th.join(timeout=5)
         signal.signal(signal.SIGINT, previous)

@@ -106,14 +106,14 @@ def _evaluate_cfg(tmp_path: Path, tiny_cache: str, *over: str):
 
 
 def test_evaluate_engine_vllm_end_to_end(tiny_cache, tiny_artifacts, tmp_path):
-    """evaluate.evaluate with engine=vllm: capacity probe, head of the workload, outputs."""
+    """report.jobs.evaluate with engine=vllm: capacity probe, head of the workload, outputs."""
     import pandas as pd
 
-    import evaluate
+    from report import jobs
 
     # A tiny trained predictor: a clean clone has no artifacts/ (python train.py makes them).
     cfg = _evaluate_cfg(tmp_path, tiny_cache, "+policy=sjf", f"predictor_dir={tiny_artifacts}")
-    summaries = evaluate.evaluate(cfg, tmp_path)
+    summaries = jobs.evaluate(cfg, tmp_path)
     s = summaries["sjf"] if "sjf" in summaries else next(iter(summaries.values()))
     assert s["engine"] == "vllm" and s["n_requests"] == 12  # engine.max_requests
     assert s["n_finished"] + s["n_aborted"] == 12
@@ -125,22 +125,22 @@ def test_evaluate_engine_vllm_end_to_end(tiny_cache, tiny_artifacts, tmp_path):
 
 
 def test_bad_policy_config_fails_before_the_engine_starts(tiny_cache, tmp_path, monkeypatch):
-    import evaluate
+    from report import jobs
     from scheduler.live.engine import VllmEngine
 
     opened = []
     monkeypatch.setattr(VllmEngine, "open", lambda self: opened.append(self) or self)
     cfg = _evaluate_cfg(tmp_path, tiny_cache, "+policy=aging", "+policy.no_such_param=1")
     with pytest.raises(Exception, match="no_such_param"):
-        evaluate.evaluate(cfg, tmp_path)
+        jobs.evaluate(cfg, tmp_path)
     cfg = _evaluate_cfg(tmp_path, tiny_cache, "+policy=fifo", "engine.process_mode=threads")
     with pytest.raises(Exception, match="process_mode='threads'"):  # Hydra wraps the ValueError
-        evaluate.evaluate(cfg, tmp_path)
+        jobs.evaluate(cfg, tmp_path)
     assert opened == []
 
 
 def test_engine_is_shut_down_when_a_run_fails(tiny_cache, tmp_path, monkeypatch):
-    import evaluate
+    from report import jobs
     from scheduler.live.engine import VllmEngine
 
     closed = []
@@ -158,5 +158,5 @@ def test_engine_is_shut_down_when_a_run_fails(tiny_cache, tmp_path, monkeypatch)
     monkeypatch.setattr(VllmEngine, "capacity_rps", lambda self, w: 2.0)
     cfg = _evaluate_cfg(tmp_path, tiny_cache, "+policy=fifo")
     with pytest.raises(RuntimeError, match="mid-sweep"):
-        evaluate.evaluate(cfg, tmp_path)
+        jobs.evaluate(cfg, tmp_path)
     assert closed and closed[0] is True  # an open engine was shut down by evaluate's finally
