@@ -27,6 +27,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from report.config_schema import register
+
+register()  # the policy/engine schemas the configs' defaults lists name (before Hydra composes)
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:

@@ -44,6 +44,9 @@ def compose(overrides: Sequence[str] = (), config_name: str = "evaluate") -> Dic
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
+    from report.config_schema import register
+
+    register()
     if GlobalHydra.instance().is_initialized() and HydraConfig.initialized():
         return hydra_compose(config_name=config_name, overrides=list(overrides))
     GlobalHydra.instance().clear()

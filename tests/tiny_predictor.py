@@ -39,3 +39,8 @@ def save_tiny_predictor(
     d = drift.save(root / "drift", extra_meta={"length_fingerprint": fingerprint(read_meta(p))})
     attach_to_artifact(d, seen)
     return root
+
+
+# drift's mechanisms beyond admission ranking are off by default (docs/ABLATIONS.md); tests of
+# those mechanisms switch them on explicitly (these were the defaults before they were measured)
+DRIFT_MECHANISMS = {"max_preemptions": 1, "recalibrate": True, "slo_tiers": ("premium",)}

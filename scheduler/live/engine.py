@@ -286,6 +286,8 @@ class VllmEngine:
 
     name = "vllm"
 
+    Config = VllmEngineConfig  # its parameters (report.config_schema reads them)
+
     def __init__(self, **cfg: Any) -> None:
         cfg.pop("_target_", None)
         known = {f.name for f in dataclasses.fields(VllmEngineConfig)}

@@ -48,12 +48,12 @@ from typing import ClassVar
 import numpy as np
 
 from data.schema import TIERS
+from data.workload import TIER_SLOS
 from scheduler.policies.base import Policy
 from scheduler.policies.estimates import LearnedLengths
 from scheduler.request import SchedRequest, Status, runtime_class
 
 URGENT_OFFSET = -1e12  # urgent keys: URGENT_OFFSET + deadline (EDF, ahead of every score)
-DEFAULT_TTFT_SLO_S: dict[str, float] = {"premium": 1.0, "standard": 5.0, "batch": 60.0}
 THROUGHPUT_WINDOW = 256  # finished requests behind the measured seconds per token
 DEFAULT_SECONDS_PER_TOKEN = 0.002  # before 32 have finished (~500 tok/s: one L4, batched)
 
@@ -74,17 +74,16 @@ class DriftPolicy(Policy):
         min_delta_tokens: int = 32,
         rel_delta: float = 0.5,
         repredict_every: int | None = None,
-        max_preemptions: int = 1,
+        max_preemptions: int = 0,
         max_preempt_per_step: int = 1,
         urgent_preempt: bool = False,
         min_gain_tokens: float = 256.0,
         recompute_cost_per_token: float = 0.01,
         max_wait_s: float | None = None,
         guard_fraction: float = 0.5,
-        ttft_slo_s: Mapping[str, float] | None = None,
-        slo_tiers: Sequence[str] = ("premium",),
+        slo_tiers: Sequence[str] = (),
         slo_fraction: float = 0.5,
-        recalibrate: bool = True,
+        recalibrate: bool = False,
         require_drift: bool = True,
         boost_gamma: float | None = None,
         seconds_per_token: float | None = None,
@@ -119,16 +118,13 @@ class DriftPolicy(Policy):
         # None: no starvation guard (only the SLO urgency of slo_tiers, if any)
         self.max_wait_s = math.inf if max_wait_s is None else float(max_wait_s)
         self.guard_fraction = float(guard_fraction)
-        slo = {**DEFAULT_TTFT_SLO_S, **dict(ttft_slo_s or {})}
         bad = [t for t in slo_tiers if t not in TIERS]
         if bad:
             raise ValueError(f"drift: slo_tiers {bad} not in {list(TIERS)}")
         self.slo_tiers = tuple(slo_tiers)
         self.slo_fraction = float(slo_fraction)
-        # waiting time after which a request of each tier becomes urgent (s)
-        self._urgent_after = {t: self.guard_fraction * self.max_wait_s for t in TIERS}
-        for t in self.slo_tiers:
-            self._urgent_after[t] = min(self._urgent_after[t], self.slo_fraction * slo[t])
+        # waiting time after which a request becomes urgent by the starvation guard (s)
+        self._guard_after = self.guard_fraction * self.max_wait_s
         self._adm: dict[int, np.ndarray] = {}  # index -> admission (p50, p90), recalibrated
         self._next_update: dict[int, int] = {}  # index -> generated count for next prediction
         self._urgent: set[int] = set()
@@ -277,9 +273,19 @@ class DriftPolicy(Policy):
             self._size_sum += p50
             self._size_n += 1
             self._set(r, p50, p90, now)
-            if math.isfinite(self._urgent_after[r.tier]):  # no guard and no SLO tier: never
-                heapq.heappush(self._promo, (r.arrival_s + self._urgent_after[r.tier], r.index))
+            after = self._urgent_after(r)
+            if math.isfinite(after):  # no guard and no SLO tier: never
+                heapq.heappush(self._promo, (r.arrival_s + after, r.index))
             self._push_waiting(r)
+
+    def _urgent_after(self, r: SchedRequest) -> float:
+        """Waiting time (s) after which ``r`` becomes urgent: the guard's, or for a tier in
+        ``slo_tiers`` ``slo_fraction`` of the request's own TTFT SLO (the client's, else its
+        tier's ``data.workload.TIER_SLOS``) when that comes sooner."""
+        if r.tier not in self.slo_tiers:
+            return self._guard_after
+        slo = r.slo_ttft_s if math.isfinite(r.slo_ttft_s) else TIER_SLOS[r.tier][0]
+        return min(self._guard_after, self.slo_fraction * slo)
 
     def on_admit(self, requests: Sequence[SchedRequest], now: float) -> None:
         for r in requests:

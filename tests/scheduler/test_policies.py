@@ -22,6 +22,7 @@ from scheduler.sim.cost import LinearCostModel
 from scheduler.sim.engine import SimEngine
 from scheduler.sim.synthetic import synthetic_frame
 from tests.scheduler.conftest import with_prompts
+from tests.tiny_predictor import DRIFT_MECHANISMS
 
 # constant step time: a request of T output tokens needs exactly T steps (1-token prompts)
 UNIT = LinearCostModel(c0=1.0, c_token=0.0, c_kv=0.0)
@@ -186,7 +187,7 @@ def test_oracle_is_optimal_on_a_single_sequence_server(seed: int, tiny_artifacts
         WeightedFairPolicy(),
         DriftSchedPolicy(),
         SJFPolicy(str(tiny_artifacts)),
-        DriftPolicy(str(tiny_artifacts)),
+        DriftPolicy(str(tiny_artifacts), **DRIFT_MECHANISMS),
         OraclePolicy(preemptive=False),
     ):
         assert best <= mean_e2e(other) + 1e-9, other.name
@@ -201,7 +202,7 @@ def test_drift_missing_artifacts_names_the_train_command(tmp_path: Path) -> None
 
 def test_drift_repredicts_running_requests(tiny_artifacts: Path) -> None:
     df = with_prompts(synthetic_frame(300, seed=8, rate_rps=30.0, output_median=120))
-    pol = DriftPolicy(str(tiny_artifacts), repredict_every=1)
+    pol = DriftPolicy(str(tiny_artifacts), repredict_every=1, **DRIFT_MECHANISMS)
     res = SimEngine(num_gpu_blocks=400, max_num_batched_tokens=512).run(df, pol)
     rec = res.records
     assert (rec["status"] == "finished").all()
@@ -223,7 +224,9 @@ def test_drift_starvation_guard_bounds_the_wait_of_a_long_request(tiny_artifacts
     eng = single_server()
 
     def long_wait(**kw) -> float:
-        r = eng.run(df, DriftPolicy(str(tiny_artifacts), slo_tiers=[], **kw)).records
+        r = eng.run(
+            df, DriftPolicy(str(tiny_artifacts), **{**DRIFT_MECHANISMS, "slo_tiers": [], **kw})
+        ).records
         row = r[r["output_tokens"] == 60].iloc[0]
         return float(row["admitted_s"] - row["arrival_s"])
 
@@ -232,7 +235,7 @@ def test_drift_starvation_guard_bounds_the_wait_of_a_long_request(tiny_artifacts
 
 
 def test_drift_urgency_orders_by_deadline(tiny_artifacts: Path) -> None:
-    pol = DriftPolicy(str(tiny_artifacts), max_wait_s=10.0, guard_fraction=0.5)
+    pol = DriftPolicy(str(tiny_artifacts), max_wait_s=10.0, guard_fraction=0.5, **DRIFT_MECHANISMS)
     df = with_prompts(synthetic_frame(3, seed=1, rate_rps=1.0))
     from scheduler.engine import requests_from_frame
 
@@ -367,7 +370,7 @@ def test_drift_incremental_victims_match_scanning_every_step(
     # size check for memory-preempted requests must give exactly the scanning schedule
     df = with_prompts(synthetic_frame(300, seed=seed, rate_rps=30.0, output_median=120))
     eng = SimEngine(num_gpu_blocks=300, max_num_batched_tokens=512, max_num_seqs=32)
-    kw = {"recompute_cost_per_token": 0.0, **kw}
+    kw = {"recompute_cost_per_token": 0.0, **DRIFT_MECHANISMS, **kw}
     fast = eng.run(df, DriftPolicy(str(tiny_artifacts), **kw)).records
     slow = eng.run(df, _ScanningDrift(str(tiny_artifacts), **kw)).records
     assert fast["n_policy_preemptions"].sum() > 0  # the voluntary path was exercised

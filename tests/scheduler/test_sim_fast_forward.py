@@ -29,6 +29,7 @@ from scheduler.sim.cost import LinearCostModel
 from scheduler.sim.engine import SimEngine, SimState, partial_result
 from scheduler.sim.synthetic import synthetic_frame
 from tests.scheduler.conftest import with_prompts
+from tests.tiny_predictor import DRIFT_MECHANISMS
 
 FF_STATS = ("fast_forward_windows", "fast_forward_steps", "aggregate_steps")
 
@@ -271,9 +272,13 @@ def test_learned_hook_policies_are_exact(seed: int, tiny_artifacts: Path) -> Non
     df, kw = random_case(seed)
     df = with_prompts(df, seed)
     makers = {
-        "drift": lambda: DriftPolicy(str(tiny_artifacts), repredict_every=4),
+        "drift": lambda: DriftPolicy(str(tiny_artifacts), repredict_every=4, **DRIFT_MECHANISMS),
         "drift_preemptive": lambda: DriftPolicy(
-            str(tiny_artifacts), min_gain_tokens=0.0, urgent_preempt=True, max_wait_s=20.0
+            str(tiny_artifacts),
+            min_gain_tokens=0.0,
+            urgent_preempt=True,
+            max_wait_s=20.0,
+            **DRIFT_MECHANISMS,
         ),
     }
     for make in makers.values():
