@@ -15,6 +15,7 @@ Engines must not keep state between ``run`` calls (sweeps run many jobs in one p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -101,6 +102,10 @@ def workload_frame(workload: Any) -> pd.DataFrame:
     return df
 
 
+def _seconds(v: object) -> float:
+    return math.nan if v is None or pd.isna(v) else float(v)  # type: ignore[arg-type]
+
+
 def requests_from_frame(df: pd.DataFrame) -> list[SchedRequest]:
     """One fresh :class:`SchedRequest` per row (the engine's private copy of the workload)."""
     n = len(df)
@@ -111,6 +116,7 @@ def requests_from_frame(df: pd.DataFrame) -> list[SchedRequest]:
     prompts = col("prompt", None)
     max_tokens = col("max_tokens", None)
     outputs = col("output_text", None)
+    slo_ttft = col("slo_ttft_s", math.nan)  # the request's own target (its tenant's), s
     out = []
     for i, (rid, ten, tier, cat, src, model, arr, p, o, mt, txt) in enumerate(
         zip(
@@ -143,6 +149,7 @@ def requests_from_frame(df: pd.DataFrame) -> list[SchedRequest]:
                 arrival_s=float(arr),
                 true_output_tokens=int(o),
                 output_text=outputs[i] if isinstance(outputs[i], str) else None,
+                slo_ttft_s=_seconds(slo_ttft[i]),
             )
         )
     return out
