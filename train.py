@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,17 @@ METRIC_COLS = [
     "spearman",
     "class_accuracy",
     "p90_coverage",
+]
+DRIFT_COLS = [
+    "subset",
+    "model",
+    "t",
+    "n",
+    "mae",
+    "mae_log",
+    "kendall_tau",
+    "p90_coverage",
+    "mae_gain_vs_naive",
 ]
 
 
@@ -104,21 +116,10 @@ def build(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
 
 def train(cfg: DictConfig, run_dir: Path | None = None) -> Any:
     """Run the pipeline for a composed config; returns ``predictor.training.TrainResult``."""
-    from predictor.training import TrainConfig, run_training
+    from predictor.training import run_training
     from report.tracking import tracking_run
 
-    overrides = cfg.predictor.get("train_overrides")
-    tc_map = {
-        **OmegaConf.to_container(cfg.train, resolve=True),
-        **(OmegaConf.to_container(overrides, resolve=True) if overrides else {}),
-    }
-    tc_map.setdefault(
-        "split",
-        OmegaConf.to_container(cfg.data.split, resolve=True)
-        if cfg.data.get("split")
-        else {"kind": "grouped"},
-    )
-    tc = TrainConfig.from_mapping(tc_map)
+    tc = train_config(cfg)
     out = _resolve(cfg.out_dir)
     if cfg.predictor.get("artifact_subdir"):
         out = out / cfg.predictor.artifact_subdir
@@ -150,69 +151,92 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> Any:
             name=name,
             extra_meta={"config": config},
         )
-        print("\nHeld-out length metrics (test split, prompt-grouped):")
-        print(format_table(res.length_table, ["model", *METRIC_COLS, "fit_s"]))
-        if len(res.drift_table):
-            print(
-                "\nDrift (remaining tokens at fixed progress t, requests still running; "
-                "subset all = the whole test split, with_text = its rows with output text, "
-                "where the model reads the first t tokens):"
-            )
-            print(
-                format_table(
-                    res.drift_table,
-                    [
-                        "subset",
-                        "model",
-                        "t",
-                        "n",
-                        "mae",
-                        "mae_log",
-                        "kendall_tau",
-                        "p90_coverage",
-                        "mae_gain_vs_naive",
-                    ],
-                )
-            )
-        if res.loso_table is not None:
-            print("\nLeave-one-source-out:")
-            print(format_table(res.loso_table, ["held_out", "model", *METRIC_COLS]))
-        lat = res.latency
-        print(
-            f"\nLatency at batch {lat['batch']}: featurize "
-            f"{lat['featurize_us_per_request']:.1f} us/request, admission prediction "
-            f"{lat['admission_us_per_request']:.1f} us/request"
-        )
-        print(f"Artifacts: {', '.join(f'{k}={v}' for k, v in res.artifacts.items())}")
-        summary = {
-            "length": {
-                r["model"]: {k: r[k] for k in METRIC_COLS}
-                for r in res.length_table.to_dict("records")
-            },
-            "drift": res.drift_table.to_dict("records"),
-            "latency": lat,
-            "sizes": res.sizes,
-            "timings": res.timings,
-        }
-        tracker.log_summary({"length": summary["length"], "latency": lat, "timings": res.timings})
-        tracker.log_table("length_metrics", res.length_table)
-        if len(res.drift_table):
-            tracker.log_table("drift_metrics", res.drift_table)
-        if res.importance is not None:
-            tracker.log_table("feature_importance", res.importance)
+        print_results(res)
+        summary = result_summary(res)
+        log_results(tracker, res, summary)
         if run_dir is not None:
-            (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1, default=str))
-            res.length_table.to_csv(run_dir / "length_metrics.csv", index=False)
-            res.drift_table.to_csv(run_dir / "drift_metrics.csv", index=False)
-            if res.loso_table is not None:
-                res.loso_table.to_csv(run_dir / "loso_metrics.csv", index=False)
-            if res.importance is not None:
-                res.importance.to_csv(run_dir / "feature_importance.csv", index=False)
-            png = calibration_plot(
-                res.test_lengths, res.test_predictions, run_dir / "calibration.png"
-            )
-            tracker.log_image("calibration", png)
+            write_run_dir(run_dir, res, summary, tracker)
     return res
+
+
+def train_config(cfg: DictConfig) -> Any:
+    """``cfg.train`` with the predictor's ``train_overrides``, as a ``TrainConfig``; the split
+    defaults to the data config's (else prompt-grouped)."""
+    from predictor.training import TrainConfig
+
+    overrides = cfg.predictor.get("train_overrides")
+    tc_map = {
+        **OmegaConf.to_container(cfg.train, resolve=True),
+        **(OmegaConf.to_container(overrides, resolve=True) if overrides else {}),
+    }
+    tc_map.setdefault(
+        "split",
+        OmegaConf.to_container(cfg.data.split, resolve=True)
+        if cfg.data.get("split")
+        else {"kind": "grouped"},
+    )
+    return TrainConfig.from_mapping(tc_map)
+
+
+def print_results(res: Any) -> None:
+    """The held-out tables, the latency and the artifact paths of a ``TrainResult``."""
+    print("\nHeld-out length metrics (test split, prompt-grouped):")
+    print(format_table(res.length_table, ["model", *METRIC_COLS, "fit_s"]))
+    if len(res.drift_table):
+        print(
+            "\nDrift (remaining tokens at fixed progress t, requests still running; "
+            "subset all = the whole test split, with_text = its rows with output text, "
+            "where the model reads the first t tokens):"
+        )
+        print(format_table(res.drift_table, DRIFT_COLS))
+    if res.loso_table is not None:
+        print("\nLeave-one-source-out:")
+        print(format_table(res.loso_table, ["held_out", "model", *METRIC_COLS]))
+    lat = res.latency
+    print(
+        f"\nLatency at batch {lat['batch']}: featurize "
+        f"{lat['featurize_us_per_request']:.1f} us/request, admission prediction "
+        f"{lat['admission_us_per_request']:.1f} us/request"
+    )
+    print(f"Artifacts: {', '.join(f'{k}={v}' for k, v in res.artifacts.items())}")
+
+
+def result_summary(res: Any) -> dict[str, Any]:
+    """What ``metrics.json`` holds: length metrics per model, drift rows, latency, sizes."""
+    return {
+        "length": {
+            r["model"]: {k: r[k] for k in METRIC_COLS} for r in res.length_table.to_dict("records")
+        },
+        "drift": res.drift_table.to_dict("records"),
+        "latency": res.latency,
+        "sizes": res.sizes,
+        "timings": res.timings,
+    }
+
+
+def log_results(tracker: Any, res: Any, summary: Mapping[str, Any]) -> None:
+    """Summary and tables to the tracker (wandb or none)."""
+    tracker.log_summary(
+        {"length": summary["length"], "latency": res.latency, "timings": res.timings}
+    )
+    tracker.log_table("length_metrics", res.length_table)
+    if len(res.drift_table):
+        tracker.log_table("drift_metrics", res.drift_table)
+    if res.importance is not None:
+        tracker.log_table("feature_importance", res.importance)
+
+
+def write_run_dir(run_dir: Path, res: Any, summary: Mapping[str, Any], tracker: Any) -> None:
+    """metrics.json, the metric tables as CSV and calibration.png into the Hydra run dir."""
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1, default=str))
+    res.length_table.to_csv(run_dir / "length_metrics.csv", index=False)
+    res.drift_table.to_csv(run_dir / "drift_metrics.csv", index=False)
+    if res.loso_table is not None:
+        res.loso_table.to_csv(run_dir / "loso_metrics.csv", index=False)
+    if res.importance is not None:
+        res.importance.to_csv(run_dir / "feature_importance.csv", index=False)
+    png = calibration_plot(res.test_lengths, res.test_predictions, run_dir / "calibration.png")
+    tracker.log_image("calibration", png)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -108,8 +108,22 @@ def sim_section(sec: dict | None, figs: Path, targets: list) -> list[str]:
         targets.append(("Simulator: >= 10x faster than each peer", "n/a", None))
         return [*out, err, ""]
     rows = sec["scaling"]
-    traces = sec.get("traces", {})
-    out += [
+    out += _sim_intro(sec.get("traces", {}))
+    out += [_sim_scaling_table(rows), ""]
+    out += _sim_scaling_notes(rows)
+    if _fig_scaling(rows, figs / "sim_scaling.png"):
+        out += ["", "![simulator scaling](figures/sim_scaling.png)"]
+    p10 = sec.get("policies_10k", [])
+    if p10:
+        out += _sim_policies_10k(p10)
+    _sim_10k_target(rows + p10, targets)
+    out += ["", *peers_section(sec.get("peers"), targets)]
+    return out
+
+
+def _sim_intro(traces: dict) -> list[str]:
+    """What the scaling runs measure, and each trace's capacity and rate."""
+    out = [
         "Default workload (`conf/workload/default.yaml`, seed 0) at 95% of the default engine's",
         "measured capacity (`SimEngine.capacity_rps`; one L4-class GPU, Llama-3-8B, ~34k KV",
         "tokens). Each run is a fresh process under `/usr/bin/time -v`; `sim CPU s` / `sim wall s`",
@@ -125,23 +139,34 @@ def sim_section(sec: dict | None, figs: Path, targets: list) -> list[str]:
             f"{m['rate_rps']:.3f} req/s{tiled}"
         )
     out.append("")
-    table = [
-        {
-            "policy": r["policy"],
-            "requests": r["n"],
-            "runs": r["runs"],
-            "sim CPU s": r["sim_cpu_s"],
-            "sim wall s": r["sim_s"],
-            "req/s (CPU)": r["req_per_cpu_s"],
-            "steps": r.get("steps", NA),
-            "CPU us/request": 1e6 * r["sim_cpu_s"] / r["n"],
-            "prepare s": r.get("prepare_s", NA),
-            "process wall s": r["wall_s"],
-            "peak RSS MiB": r["peak_rss_mb"],
-        }
-        for r in sorted(rows, key=lambda r: (r["policy"], r["n"]))
-    ]
-    out += [md_table(table), ""]
+    return out
+
+
+def _sim_scaling_table(rows: list[dict]) -> str:
+    """One row per (policy, requests) scaling run."""
+    return md_table(
+        [
+            {
+                "policy": r["policy"],
+                "requests": r["n"],
+                "runs": r["runs"],
+                "sim CPU s": r["sim_cpu_s"],
+                "sim wall s": r["sim_s"],
+                "req/s (CPU)": r["req_per_cpu_s"],
+                "steps": r.get("steps", NA),
+                "CPU us/request": 1e6 * r["sim_cpu_s"] / r["n"],
+                "prepare s": r.get("prepare_s", NA),
+                "process wall s": r["wall_s"],
+                "peak RSS MiB": r["peak_rss_mb"],
+            }
+            for r in sorted(rows, key=lambda r: (r["policy"], r["n"]))
+        ]
+    )
+
+
+def _sim_scaling_notes(rows: list[dict]) -> list[str]:
+    """Per policy, how CPU time grows with the requests; the 1M extrapolation if not run."""
+    out = []
     sizes = sorted({r["n"] for r in rows})
     for pol in sorted({r["policy"] for r in rows}):
         rs = {r["n"]: r for r in rows if r["policy"] == pol}
@@ -163,30 +188,35 @@ def sim_section(sec: dict | None, figs: Path, targets: list) -> list[str]:
                 f"peak RSS of ~{big['peak_rss_mb'] * 1e6 / big['n'] / 1024:.0f} GiB (per-request "
                 "objects and the record tables grow linearly; not run on this shared box)."
             )
-    if _fig_scaling(rows, figs / "sim_scaling.png"):
-        out += ["", "![simulator scaling](figures/sim_scaling.png)"]
-    p10 = sec.get("policies_10k", [])
-    if p10:
-        out += [
-            "",
-            f"Every other policy at 10,000 requests ({p10[0]['runs']} run(s) each: expensive):",
-            "",
-            md_table(
-                [
-                    {
-                        "policy": r["policy"],
-                        "sim CPU s": r["sim_cpu_s"],
-                        "sim wall s": r["sim_s"],
-                        "steps": r.get("steps", NA),
-                        "CPU us/step": 1e6 * r["sim_cpu_s"] / max(1, r.get("steps", 1)),
-                        "prepare s": r.get("prepare_s", NA),
-                        "peak RSS MiB": r["peak_rss_mb"],
-                    }
-                    for r in p10
-                ]
-            ),
-        ]
-    at10k = [r for r in rows + p10 if r["n"] == 10_000]
+    return out
+
+
+def _sim_policies_10k(p10: list[dict]) -> list[str]:
+    """The policies run at 10,000 requests only."""
+    return [
+        "",
+        f"Every other policy at 10,000 requests ({p10[0]['runs']} run(s) each: expensive):",
+        "",
+        md_table(
+            [
+                {
+                    "policy": r["policy"],
+                    "sim CPU s": r["sim_cpu_s"],
+                    "sim wall s": r["sim_s"],
+                    "steps": r.get("steps", NA),
+                    "CPU us/step": 1e6 * r["sim_cpu_s"] / max(1, r.get("steps", 1)),
+                    "prepare s": r.get("prepare_s", NA),
+                    "peak RSS MiB": r["peak_rss_mb"],
+                }
+                for r in p10
+            ]
+        ),
+    ]
+
+
+def _sim_10k_target(rows: list[dict], targets: list) -> None:
+    """The 10k-requests-in-10-s target, judged on the slowest policy (``rows``: every run)."""
+    at10k = [r for r in rows if r["n"] == 10_000]
     if at10k:
         worst = max(at10k, key=lambda r: r["sim_cpu_s"])
         fifo = next((r for r in at10k if r["policy"] == "fifo"), worst)
@@ -199,8 +229,6 @@ def sim_section(sec: dict | None, figs: Path, targets: list) -> list[str]:
                 worst["sim_cpu_s"] <= 10.0,
             )
         )
-    out += ["", *peers_section(sec.get("peers"), targets)]
-    return out
 
 
 def peers_section(pe: dict | None, targets: list) -> list[str]:
@@ -350,8 +378,18 @@ def predictor_section(sec: dict | None, targets: list) -> list[str]:
     if err:
         targets.append(("LightGBM: <= 20 us/request at batch 64", "n/a", None))
         return [*out, err, ""]
-    lg = sec.get("lightgbm", {})
-    out += [
+    out += _lightgbm_part(sec.get("lightgbm", {}), targets)
+    tr = sec.get("transformer", {})
+    if "rows" in tr:
+        out += _transformer_part(tr, sec.get("transformer_accuracy"), targets)
+    else:
+        out += [f"Transformer could not run: `{tr.get('error', 'no result')}`", ""]
+    return out
+
+
+def _lightgbm_part(lg: dict, targets: list) -> list[str]:
+    """LightGBM cost per batch size, its load and compile cost; the 20 us target."""
+    out = [
         "LightGBM (`artifacts/`), one thread, distinct real prompts from the benchmark trace per",
         "call, median of 7 calls, CPU time per request (wall beside it). `admission` runs the",
         "compiled tree walker (`predictor/fast_trees.py`: the LightGBM text model walked by a",
@@ -361,138 +399,148 @@ def predictor_section(sec: dict | None, targets: list) -> list[str]:
         "arrival, or for the whole trace up front (`Policy.prepare`).",
         "",
     ]
-    if "rows" in lg:
-        out += [
-            md_table(
-                [
-                    {
-                        "batch": r["batch"],
-                        "featurize us": r["featurize_us"],
-                        "admission us": r["admission_us"],
-                        "admission LightGBM us": r.get("admission_lightgbm_us", NA),
-                        "re-prediction us": r["remaining_us"],
-                        "per-step CPU us": r["per_step_us"],
-                        "per-step wall us": r.get("per_step_wall_us", NA),
-                    }
-                    for r in lg["rows"]
-                ]
-            ),
-            "",
-            f"Loaded artifact (length + drift): +{lg['load_rss_mb']:.0f} MiB RSS, loaded in "
-            f"{lg['load_s']:.2f} s; the benchmark process peaked at {lg['peak_rss_mb']:.0f} MiB.",
-        ]
-        if "fast_path" in lg:
-            out.append(
-                f"Tree walker: {'on' if lg['fast_path'] else 'off (numba missing)'}; its first "
-                f"call compiles it ({lg['fast_compile_s']:.1f} s, "
-                f"+{lg['fast_compile_rss_mb']:.0f} MiB RSS of which "
-                f"{lg.get('fast_compile_anon_mb', NA):.0f} MiB private, the rest numba's "
-                f"shared LLVM library; once per process); length model "
-                f"trees (p50, p90): {lg.get('length_trees')}."
-            )
-        out.append("")
-        r64 = next((r for r in lg["rows"] if r["batch"] == 64), None)
-        if r64:
-            targets.append(
-                (
-                    "LightGBM: <= 20 us/request at batch 64 (admission)",
-                    f"{r64['admission_us']:.0f} us admission "
-                    f"(LightGBM predict {r64.get('admission_lightgbm_us', NA):.0f}); "
-                    f"+ re-prediction {r64['remaining_us']:.0f} = {r64['per_step_us']:.0f} us "
-                    f"per step; featurising {r64['featurize_us']:.0f} us once per request",
-                    r64["admission_us"] <= 20,
-                )
-            )
-    else:
-        out += [f"LightGBM failed: `{lg.get('error', 'no result')}`", ""]
-    tr = sec.get("transformer", {})
-    if "rows" in tr:
-        how = tr.get("artifact") or "the trained `artifacts/transformer/length`"
-        dtype = tr["rows"][0].get("dtype", "float32")
-        out += [
-            "Transformer (`predictor/transformer.py`, all-MiniLM-L6-v2 + quantile head), CPU,",
-            f"one thread, artifact: {how}. Fresh prompts every call (the featuriser caches",
-            "embeddings by prompt), encode + predict per request, default serving path",
-            f"(length-bucketed batches, encoder in {dtype}):",
-            "",
-            md_table(
-                [
-                    {
-                        "batch": r["batch"],
-                        "CPU us/request": r["encode_predict_us"],
-                        "wall us/request": r.get("encode_predict_wall_us", NA),
-                        "calls": r["repeats"],
-                    }
-                    for r in tr["rows"]
-                ]
-            ),
-            "",
-            f"Loaded artifact: +{tr['load_rss_mb']:.0f} MiB RSS (encoder weights included), loaded in "
-            f"{tr['load_s']:.1f} s; process peak {tr['peak_rss_mb']:.0f} MiB.",
-            "",
-        ]
-        side = tr.get("variants_64")
-        if side:
-            base = next((r for r in tr["rows"] if r["batch"] == 64), None)
-            first = {**(base or {}), "load_rss_mb": tr["load_rss_mb"]}
-            first["used_rss_mb"] = tr.get("used_rss_mb", NA)
-            rows = ([first] if base else []) + side
-            ref = max(r["encode_predict_us"] for r in rows)
-            out += [
-                "Side by side at batch 64 (fresh processes; `buckets` = sub-batches of similar",
-                "token length instead of one batch padded to its longest prompt):",
-                "",
-                md_table(
-                    [
-                        {
-                            "encoder": r.get("dtype", "float32"),
-                            "buckets": r.get("buckets", False),
-                            "CPU us/request": r["encode_predict_us"],
-                            "speed-up": ref / r["encode_predict_us"],
-                            "RSS after load MiB": r["load_rss_mb"],
-                            "RSS after first encode MiB": r.get("used_rss_mb", NA),
-                        }
-                        for r in rows
-                    ]
-                ),
-                "",
+    if "rows" not in lg:
+        return [*out, f"LightGBM failed: `{lg.get('error', 'no result')}`", ""]
+    out += [
+        md_table(
+            [
+                {
+                    "batch": r["batch"],
+                    "featurize us": r["featurize_us"],
+                    "admission us": r["admission_us"],
+                    "admission LightGBM us": r.get("admission_lightgbm_us", NA),
+                    "re-prediction us": r["remaining_us"],
+                    "per-step CPU us": r["per_step_us"],
+                    "per-step wall us": r.get("per_step_wall_us", NA),
+                }
+                for r in lg["rows"]
             ]
-        acc = sec.get("transformer_accuracy")
-        if acc and "rows" in acc:
-            out += [
-                f"Accuracy of the same variants on the held-out split of `python train.py "
-                f"predictor=transformer` ({acc['test_rows']:,} rows, "
-                f"{acc['distinct_prompts']:,} distinct prompts encoded):",
-                "",
-                md_table(
-                    [
-                        {
-                            "encoder": r["dtype"],
-                            "buckets": r["buckets"],
-                            "CPU ms/prompt": r["cpu_ms_per_prompt"],
-                            "MAE": r["mae"],
-                            "Kendall tau": r["kendall_tau"],
-                            "Spearman": r["spearman"],
-                            "p90 coverage": r["p90_coverage"],
-                        }
-                        for r in acc["rows"]
-                    ]
-                ),
-                "",
-            ]
-        batched = [r for r in tr["rows"] if r["batch"] >= 64]
-        if batched:
-            best = min(batched, key=lambda r: r["encode_predict_us"])
-            targets.append(
-                (
-                    "Transformer: <= 5 ms/request batched (CPU)",
-                    f"{best['encode_predict_us'] / 1e3:.1f} ms at batch {best['batch']} (one thread)",
-                    best["encode_predict_us"] <= 5_000,
-                )
+        ),
+        "",
+        f"Loaded artifact (length + drift): +{lg['load_rss_mb']:.0f} MiB RSS, loaded in "
+        f"{lg['load_s']:.2f} s; the benchmark process peaked at {lg['peak_rss_mb']:.0f} MiB.",
+    ]
+    if "fast_path" in lg:
+        out.append(
+            f"Tree walker: {'on' if lg['fast_path'] else 'off (numba missing)'}; its first "
+            f"call compiles it ({lg['fast_compile_s']:.1f} s, "
+            f"+{lg['fast_compile_rss_mb']:.0f} MiB RSS of which "
+            f"{lg.get('fast_compile_anon_mb', NA):.0f} MiB private, the rest numba's "
+            f"shared LLVM library; once per process); length model "
+            f"trees (p50, p90): {lg.get('length_trees')}."
+        )
+    out.append("")
+    r64 = next((r for r in lg["rows"] if r["batch"] == 64), None)
+    if r64:
+        targets.append(
+            (
+                "LightGBM: <= 20 us/request at batch 64 (admission)",
+                f"{r64['admission_us']:.0f} us admission "
+                f"(LightGBM predict {r64.get('admission_lightgbm_us', NA):.0f}); "
+                f"+ re-prediction {r64['remaining_us']:.0f} = {r64['per_step_us']:.0f} us "
+                f"per step; featurising {r64['featurize_us']:.0f} us once per request",
+                r64["admission_us"] <= 20,
             )
-    else:
-        out += [f"Transformer could not run: `{tr.get('error', 'no result')}`", ""]
+        )
     return out
+
+
+def _transformer_part(tr: dict, acc: dict | None, targets: list) -> list[str]:
+    """Transformer cost per batch size, the variants at batch 64, their accuracy; the 5 ms
+    target."""
+    how = tr.get("artifact") or "the trained `artifacts/transformer/length`"
+    dtype = tr["rows"][0].get("dtype", "float32")
+    out = [
+        "Transformer (`predictor/transformer.py`, all-MiniLM-L6-v2 + quantile head), CPU,",
+        f"one thread, artifact: {how}. Fresh prompts every call (the featuriser caches",
+        "embeddings by prompt), encode + predict per request, default serving path",
+        f"(length-bucketed batches, encoder in {dtype}):",
+        "",
+        md_table(
+            [
+                {
+                    "batch": r["batch"],
+                    "CPU us/request": r["encode_predict_us"],
+                    "wall us/request": r.get("encode_predict_wall_us", NA),
+                    "calls": r["repeats"],
+                }
+                for r in tr["rows"]
+            ]
+        ),
+        "",
+        f"Loaded artifact: +{tr['load_rss_mb']:.0f} MiB RSS (encoder weights included), loaded in "
+        f"{tr['load_s']:.1f} s; process peak {tr['peak_rss_mb']:.0f} MiB.",
+        "",
+    ]
+    if tr.get("variants_64"):
+        out += _transformer_variants(tr)
+    if acc and "rows" in acc:
+        out += _transformer_accuracy(acc)
+    batched = [r for r in tr["rows"] if r["batch"] >= 64]
+    if batched:
+        best = min(batched, key=lambda r: r["encode_predict_us"])
+        targets.append(
+            (
+                "Transformer: <= 5 ms/request batched (CPU)",
+                f"{best['encode_predict_us'] / 1e3:.1f} ms at batch {best['batch']} (one thread)",
+                best["encode_predict_us"] <= 5_000,
+            )
+        )
+    return out
+
+
+def _transformer_variants(tr: dict) -> list[str]:
+    """Encoder dtype x bucketing at batch 64, beside the default serving path's row."""
+    side = tr["variants_64"]
+    base = next((r for r in tr["rows"] if r["batch"] == 64), None)
+    first = {**(base or {}), "load_rss_mb": tr["load_rss_mb"]}
+    first["used_rss_mb"] = tr.get("used_rss_mb", NA)
+    rows = ([first] if base else []) + side
+    ref = max(r["encode_predict_us"] for r in rows)
+    return [
+        "Side by side at batch 64 (fresh processes; `buckets` = sub-batches of similar",
+        "token length instead of one batch padded to its longest prompt):",
+        "",
+        md_table(
+            [
+                {
+                    "encoder": r.get("dtype", "float32"),
+                    "buckets": r.get("buckets", False),
+                    "CPU us/request": r["encode_predict_us"],
+                    "speed-up": ref / r["encode_predict_us"],
+                    "RSS after load MiB": r["load_rss_mb"],
+                    "RSS after first encode MiB": r.get("used_rss_mb", NA),
+                }
+                for r in rows
+            ]
+        ),
+        "",
+    ]
+
+
+def _transformer_accuracy(acc: dict) -> list[str]:
+    """Held-out accuracy of the transformer variants."""
+    return [
+        f"Accuracy of the same variants on the held-out split of `python train.py "
+        f"predictor=transformer` ({acc['test_rows']:,} rows, "
+        f"{acc['distinct_prompts']:,} distinct prompts encoded):",
+        "",
+        md_table(
+            [
+                {
+                    "encoder": r["dtype"],
+                    "buckets": r["buckets"],
+                    "CPU ms/prompt": r["cpu_ms_per_prompt"],
+                    "MAE": r["mae"],
+                    "Kendall tau": r["kendall_tau"],
+                    "Spearman": r["spearman"],
+                    "p90 coverage": r["p90_coverage"],
+                }
+                for r in acc["rows"]
+            ]
+        ),
+        "",
+    ]
 
 
 def live_section(sec: dict | None, targets: list) -> list[str]:

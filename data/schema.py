@@ -357,6 +357,32 @@ def validate_trace(
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
+    _check_columns(df, where, require_arrivals)
+    df = _decategorize(df.reset_index(drop=True))
+    out = pd.DataFrame(index=df.index)
+    _coerce_labels(df, out, where)
+    if "prompt_id" in df.columns:
+        out["prompt_id"] = _coerce_label(df, "prompt_id", where)
+    for name in ("prompt_tokens", "output_tokens"):
+        out[name] = _coerce_int(df, name, where, positive=True)
+    if "max_tokens" in df.columns:
+        out["max_tokens"] = _coerce_int(df, "max_tokens", where, positive=True)
+    for name in ("prompt", "output_text"):
+        if name in df.columns:
+            out[name] = _coerce_text(df, name, where)
+    if "output_samples" in df.columns:
+        out["output_samples"] = _coerce_samples(df, where)
+    if "arrival_s" in df.columns:
+        out["arrival_s"] = _coerce_arrivals(df, where, require_arrivals)
+    extras = [c for c in df.columns if c not in COLUMN_BY_NAME]
+    for c in extras:
+        out[c] = df[c]
+    ordered = [c for c in ORDER if c in out.columns] + extras
+    return out[ordered]
+
+
+def _check_columns(df: pd.DataFrame, where: str, require_arrivals: bool) -> None:
+    """Column names unique; every required column present."""
     dup_cols = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
     if dup_cols:
         # df[name] would be a table, not a column: which of the two is meant is ambiguous
@@ -376,7 +402,10 @@ def validate_trace(
             f"missing required column(s) {missing}; the schema requires "
             f"{required} (see data/schema.py)",
         )
-    df = df.reset_index(drop=True)
+
+
+def _decategorize(df: pd.DataFrame) -> pd.DataFrame:
+    """Schema columns stored as categoricals, as object columns of their values."""
     cats = [
         c
         for c in df.columns
@@ -386,7 +415,11 @@ def validate_trace(
         # a categorical hides its values' types (bytes, bools) behind the category dtype:
         # check the values themselves
         df = df.astype({c: object for c in cats})
-    out = pd.DataFrame(index=df.index)
+    return df
+
+
+def _coerce_labels(df: pd.DataFrame, out: pd.DataFrame, where: str) -> None:
+    """The required label columns into ``out``; request ids unique, tiers known."""
     for name in ("request_id", "tenant", "tier", "category", "source", "model"):
         out[name] = _coerce_label(df, name, where)
     dup = out["request_id"].duplicated(keep=False).to_numpy()
@@ -406,72 +439,57 @@ def validate_trace(
             _bad_rows(bad_tier, df.index),
             f"unknown tier {first!r}; expected one of {list(TIERS)}",
         )
-    if "prompt_id" in df.columns:
-        out["prompt_id"] = _coerce_label(df, "prompt_id", where)
-    for name in ("prompt_tokens", "output_tokens"):
-        out[name] = _coerce_int(df, name, where, positive=True)
-    if "max_tokens" in df.columns:
-        out["max_tokens"] = _coerce_int(df, "max_tokens", where, positive=True)
-    if "prompt" in df.columns:
-        p = df["prompt"]
-        nonstr = ~(p.isna().to_numpy() | p.map(lambda x: isinstance(x, str)).to_numpy())
-        if nonstr.any():
-            raise TraceValidationError(
-                where, "prompt", _bad_rows(nonstr, df.index), "expected text or an empty cell"
-            )
-        out["prompt"] = p.astype("string")
-    if "output_text" in df.columns:
-        o = df["output_text"]
-        nonstr = ~(o.isna().to_numpy() | o.map(lambda x: isinstance(x, str)).to_numpy())
-        if nonstr.any():
-            raise TraceValidationError(
-                where, "output_text", _bad_rows(nonstr, df.index), "expected text or an empty cell"
-            )
-        out["output_text"] = o.astype("string")
-    if "output_samples" in df.columns:
-        out["output_samples"] = _coerce_samples(df, where)
-    if "arrival_s" in df.columns:
-        raw = df["arrival_s"]
-        _reject_non_numbers(raw, "arrival_s", where, "an arrival time in seconds")
-        a = _to_numeric(raw).to_numpy(dtype=np.float64)
-        # a trace without arrivals may leave cells empty (NaN); a value that is present must
-        # be a time, never silently turned into NaN
-        nonnum = np.isnan(a) & raw.notna().to_numpy()
-        if nonnum.any():
+
+
+def _coerce_text(df: pd.DataFrame, name: str, where: str) -> pd.Series:
+    """An optional text column (``prompt``, ``output_text``): text or empty cells only."""
+    col = df[name]
+    nonstr = ~(col.isna().to_numpy() | col.map(lambda x: isinstance(x, str)).to_numpy())
+    if nonstr.any():
+        raise TraceValidationError(
+            where, name, _bad_rows(nonstr, df.index), "expected text or an empty cell"
+        )
+    return col.astype("string")
+
+
+def _coerce_arrivals(df: pd.DataFrame, where: str, require_arrivals: bool) -> np.ndarray:
+    """``arrival_s`` as float64 seconds, shape (n,): finite and >= 0 (NaN allowed unless
+    ``require_arrivals``, which also requires them sorted)."""
+    raw = df["arrival_s"]
+    _reject_non_numbers(raw, "arrival_s", where, "an arrival time in seconds")
+    a = _to_numeric(raw).to_numpy(dtype=np.float64)
+    # a trace without arrivals may leave cells empty (NaN); a value that is present must
+    # be a time, never silently turned into NaN
+    nonnum = np.isnan(a) & raw.notna().to_numpy()
+    if nonnum.any():
+        raise TraceValidationError(
+            where,
+            "arrival_s",
+            _bad_rows(nonnum, df.index),
+            "expected an arrival time in seconds, got non-numeric "
+            f"values such as {raw[nonnum].iloc[0]!r}",
+        )
+    bad = ~np.isfinite(a) | (a < 0)
+    if not require_arrivals:
+        bad &= ~np.isnan(a)
+    if bad.any():
+        raise TraceValidationError(
+            where,
+            "arrival_s",
+            _bad_rows(bad, df.index),
+            "expected a finite arrival time >= 0 seconds",
+        )
+    if require_arrivals:
+        unsorted = np.zeros(len(a), dtype=bool)
+        unsorted[1:] = a[1:] < a[:-1]
+        if unsorted.any():
             raise TraceValidationError(
                 where,
                 "arrival_s",
-                _bad_rows(nonnum, df.index),
-                "expected an arrival time in seconds, got non-numeric "
-                f"values such as {raw[nonnum].iloc[0]!r}",
+                _bad_rows(unsorted, df.index),
+                "expected arrival times sorted ascending (a row arrives before the row above it)",
             )
-        bad = ~np.isfinite(a) | (a < 0)
-        if not require_arrivals:
-            bad &= ~np.isnan(a)
-        if bad.any():
-            raise TraceValidationError(
-                where,
-                "arrival_s",
-                _bad_rows(bad, df.index),
-                "expected a finite arrival time >= 0 seconds",
-            )
-        if require_arrivals:
-            unsorted = np.zeros(len(a), dtype=bool)
-            unsorted[1:] = a[1:] < a[:-1]
-            if unsorted.any():
-                raise TraceValidationError(
-                    where,
-                    "arrival_s",
-                    _bad_rows(unsorted, df.index),
-                    "expected arrival times sorted ascending (a row "
-                    "arrives before the row above it)",
-                )
-        out["arrival_s"] = a
-    extras = [c for c in df.columns if c not in COLUMN_BY_NAME]
-    for c in extras:
-        out[c] = df[c]
-    ordered = [c for c in ORDER if c in out.columns] + extras
-    return out[ordered]
+    return a
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,17 +337,7 @@ def run_training(
     rows = fit_and_score_baselines(baselines, train, test, log)
     timings["baselines_s"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    ytr = train["output_tokens"].to_numpy(np.float64)
-    yva = val["output_tokens"].to_numpy(np.float64)
-    length_est.fit(train, ytr, eval_set=(val, yva))
-    timings["length_fit_s"] = time.perf_counter() - t0
-    m, q_test, pred_s = score_length(length_est, test)
-    rows.append({"model": name, **m, "fit_s": timings["length_fit_s"], "predict_s": pred_s})
-    log(
-        f"  {name}: kendall_tau={m['kendall_tau']:.3f} mae={m['mae']:.1f} "
-        f"p90_coverage={m['p90_coverage']:.3f} ({timings['length_fit_s']:.1f}s)"
-    )
+    q_test = _fit_and_score_length(length_est, train, val, test, name, rows, timings, log)
     length_table = pd.DataFrame(rows)
 
     drift_rows: list[dict[str, Any]] = []
@@ -355,79 +345,10 @@ def run_training(
     adm_test = length_est.predict_features(F_test)
     y_test = test["output_tokens"].to_numpy(np.float64)
     if drift_est is not None:
-        t0 = time.perf_counter()
-        rng = np.random.default_rng(tc.seed + 7)
-        dtrain = train
-        if hasattr(length_est, "restrict_rows"):  # encoder budget: reuse encoded prompts
-            dtrain, rep = filter_rows(
-                train,
-                train["request_id"]
-                .isin(set(length_est.restrict_rows(train)["request_id"]))
-                .to_numpy(bool),
-                "drift: rows of prompts encoded for the length model (budget)",
-            )
-            log(str(rep))
-        if _reads_text(drift_est) and has_output_text(table).any():
-            extra_text = None
-            if not hasattr(length_est, "restrict_rows"):
-                # text rows of the train split dropped by max_train_rows (same split again)
-                full = split_table(table, tc.split).train
-                full = full[has_output_text(full)]
-                extra_text = full[~full["request_id"].isin(set(dtrain["request_id"]))]
-            dtrain, rep = drift_traces(dtrain, extra_text, tc.max_drift_traces, rng)
-            log(str(rep))
-        else:
-            dtrain, _ = subsample(dtrain, tc.max_drift_traces, rng, "drift: traces")
-        F_tr = getattr(length_est, "featurize_training", length_est.featurize)(dtrain)
-        y_dtr = dtrain["output_tokens"].to_numpy(np.float64)
-        adm_tr = crossfit_admission(length_est, F_tr, y_dtr, dtrain, tc.crossfit_folds, tc.seed)
-        F_va = length_est.featurize(val)
-        adm_va = length_est.predict_features(F_va)
-        timings["drift_crossfit_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        names = getattr(getattr(length_est, "featurizer_", None), "feature_names", None)
-        cats = getattr(getattr(length_est, "featurizer_", None), "categorical_indices", None)
-        kw: dict[str, Any] = {}
-        ev: tuple[Any, ...] = (F_va, yva, adm_va)
-        if _reads_text(drift_est) and has_output_text(dtrain).any():
-            tx, cut = _text_columns(dtrain)
-            kw = {"texts": tx, "texts_truncated": cut}
-            ev = (F_va, yva, adm_va, *_text_columns(val))
-        drift_est.fit(
-            F_tr,
-            y_dtr,
-            adm_tr,
-            eval_set=ev,
-            feature_names=names,
-            categorical_indices=cats,
-            **kw,
+        splits, test_inputs = (train, val, test), (F_test, adm_test, y_test)
+        drift_rows = _fit_and_score_drift(
+            length_est, drift_est, table, splits, test_inputs, tc, timings, log
         )
-        timings["drift_fit_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        tx_test, cut_test = _text_columns(test)
-        drift_rows = score_drift(
-            drift_est, F_test, adm_test, y_test, tc.drift_points, tx_test, cut_test
-        )
-        text_test = has_output_text(test)
-        if text_test.any():
-            # the text-bearing held-out subset (ShareGPT): where partial text can be read
-            drift_rows += score_drift(
-                drift_est,
-                F_test[text_test],
-                adm_test[text_test],
-                y_test[text_test],
-                tc.drift_points,
-                tx_test[text_test] if tx_test is not None else None,
-                cut_test[text_test] if cut_test is not None else None,
-                subset="with_text",
-            )
-        timings["drift_score_s"] = time.perf_counter() - t0
-        for r in drift_rows:
-            if r["model"] == "drift":
-                log(
-                    f"  drift [{r['subset']}] t={r['t']}: mae={r['mae']:.1f} "
-                    f"tau={r['kendall_tau']:.3f} gain_vs_naive={r['mae_gain_vs_naive']:.2f}x"
-                )
     drift_table = pd.DataFrame(drift_rows)
 
     loso = None
@@ -443,35 +364,18 @@ def run_training(
 
     artifacts: dict[str, Path] = {}
     if out_dir is not None:
-        common = {
-            "training_data_hash": data_hash(train),
-            "training_rows": len(train),
-            "sizes": sizes,
-            **(extra_meta or {}),
-        }
-        lmeta = {
-            **common,
-            "metrics": {k: v for k, v in rows[-1].items() if k != "model"},
-            "baselines": {
-                r["model"]: {k: v for k, v in r.items() if k != "model"} for r in rows[:-1]
-            },
-            "latency": latency,
-        }
-        artifacts["length"] = length_est.save(Path(out_dir) / "length", extra_meta=lmeta)
-        # which prompts the models trained/validated on (workloads then avoid them; the drift
-        # model trains on the same split): before the drift model pins the length fingerprint
-        sp = split_table(table, tc.split)
-        seen = seen_from_split(sp.train, sp.val, training_spec(sources, path, tc.split))
-        attach_to_artifact(artifacts["length"], seen)
-        if drift_est is not None:
-            from predictor.artifacts import read_meta
-
-            fp = fingerprint(read_meta(artifacts["length"]))
-            artifacts["drift"] = drift_est.save(
-                Path(out_dir) / "drift",
-                extra_meta={**common, "length_fingerprint": fp, "metrics": drift_rows},
-            )
-            attach_to_artifact(artifacts["drift"], seen)
+        artifacts = _save_artifacts(
+            length_est,
+            drift_est,
+            Path(out_dir),
+            table=table,
+            rows=rows,
+            drift_rows=drift_rows,
+            latency=latency,
+            common=_common_meta(train, sizes, extra_meta),
+            tc=tc,
+            spec=training_spec(sources, path, tc.split),
+        )
     return TrainResult(
         length_table=length_table,
         drift_table=drift_table,
@@ -484,6 +388,205 @@ def run_training(
         test_predictions=q_test,
         test_lengths=y_test,
     )
+
+
+def _fit_and_score_length(
+    length_est: Any,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    test: pd.DataFrame,
+    name: str,
+    rows: list[dict[str, Any]],
+    timings: dict[str, float],
+    log: Callable[[str], None],
+) -> np.ndarray:
+    """Fit the length model (early stopping on ``val``), append its test row to ``rows``.
+
+    Returns its test-split quantile predictions, shape (n_test, n_quantiles)."""
+    t0 = time.perf_counter()
+    ytr = train["output_tokens"].to_numpy(np.float64)
+    yva = val["output_tokens"].to_numpy(np.float64)
+    length_est.fit(train, ytr, eval_set=(val, yva))
+    timings["length_fit_s"] = time.perf_counter() - t0
+    m, q_test, pred_s = score_length(length_est, test)
+    rows.append({"model": name, **m, "fit_s": timings["length_fit_s"], "predict_s": pred_s})
+    log(
+        f"  {name}: kendall_tau={m['kendall_tau']:.3f} mae={m['mae']:.1f} "
+        f"p90_coverage={m['p90_coverage']:.3f} ({timings['length_fit_s']:.1f}s)"
+    )
+    return q_test
+
+
+def _fit_and_score_drift(
+    length_est: Any,
+    drift_est: Any,
+    table: pd.DataFrame,
+    splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    test_inputs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    tc: TrainConfig,
+    timings: dict[str, float],
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Fit the drift model on cross-fitted admission estimates and score it on the test split.
+
+    ``splits``: train, val, test; ``test_inputs``: the length model's test features, its
+    admission predictions and the true lengths. Returns the drift metric rows."""
+    train, val, test = splits
+    F_test, adm_test, y_test = test_inputs
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(tc.seed + 7)
+    dtrain = _drift_training_rows(length_est, drift_est, table, train, tc, rng, log)
+    F_tr = getattr(length_est, "featurize_training", length_est.featurize)(dtrain)
+    y_dtr = dtrain["output_tokens"].to_numpy(np.float64)
+    adm_tr = crossfit_admission(length_est, F_tr, y_dtr, dtrain, tc.crossfit_folds, tc.seed)
+    F_va = length_est.featurize(val)
+    adm_va = length_est.predict_features(F_va)
+    timings["drift_crossfit_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    names = getattr(getattr(length_est, "featurizer_", None), "feature_names", None)
+    cats = getattr(getattr(length_est, "featurizer_", None), "categorical_indices", None)
+    yva = val["output_tokens"].to_numpy(np.float64)
+    kw: dict[str, Any] = {}
+    ev: tuple[Any, ...] = (F_va, yva, adm_va)
+    if _reads_text(drift_est) and has_output_text(dtrain).any():
+        tx, cut = _text_columns(dtrain)
+        kw = {"texts": tx, "texts_truncated": cut}
+        ev = (F_va, yva, adm_va, *_text_columns(val))
+    drift_est.fit(
+        F_tr,
+        y_dtr,
+        adm_tr,
+        eval_set=ev,
+        feature_names=names,
+        categorical_indices=cats,
+        **kw,
+    )
+    timings["drift_fit_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    drift_rows = _score_drift_subsets(drift_est, test, F_test, adm_test, y_test, tc.drift_points)
+    timings["drift_score_s"] = time.perf_counter() - t0
+    for r in drift_rows:
+        if r["model"] == "drift":
+            log(
+                f"  drift [{r['subset']}] t={r['t']}: mae={r['mae']:.1f} "
+                f"tau={r['kendall_tau']:.3f} gain_vs_naive={r['mae_gain_vs_naive']:.2f}x"
+            )
+    return drift_rows
+
+
+def _drift_training_rows(
+    length_est: Any,
+    drift_est: Any,
+    table: pd.DataFrame,
+    train: pd.DataFrame,
+    tc: TrainConfig,
+    rng: np.random.Generator,
+    log: Callable[[str], None],
+) -> pd.DataFrame:
+    """The train-split traces the drift model fits on (within ``tc.max_drift_traces``)."""
+    dtrain = train
+    if hasattr(length_est, "restrict_rows"):  # encoder budget: reuse encoded prompts
+        dtrain, rep = filter_rows(
+            train,
+            train["request_id"]
+            .isin(set(length_est.restrict_rows(train)["request_id"]))
+            .to_numpy(bool),
+            "drift: rows of prompts encoded for the length model (budget)",
+        )
+        log(str(rep))
+    if _reads_text(drift_est) and has_output_text(table).any():
+        extra_text = None
+        if not hasattr(length_est, "restrict_rows"):
+            # text rows of the train split dropped by max_train_rows (same split again)
+            full = split_table(table, tc.split).train
+            full = full[has_output_text(full)]
+            extra_text = full[~full["request_id"].isin(set(dtrain["request_id"]))]
+        dtrain, rep = drift_traces(dtrain, extra_text, tc.max_drift_traces, rng)
+        log(str(rep))
+    else:
+        dtrain, _ = subsample(dtrain, tc.max_drift_traces, rng, "drift: traces")
+    return dtrain
+
+
+def _score_drift_subsets(
+    drift_est: Any,
+    test: pd.DataFrame,
+    F_test: np.ndarray,
+    adm_test: np.ndarray,
+    y_test: np.ndarray,
+    points: Sequence[int],
+) -> list[dict[str, Any]]:
+    """Drift metric rows on the whole test split, then on its text-bearing subset."""
+    tx_test, cut_test = _text_columns(test)
+    drift_rows = score_drift(drift_est, F_test, adm_test, y_test, points, tx_test, cut_test)
+    text_test = has_output_text(test)
+    if text_test.any():
+        # the text-bearing held-out subset (ShareGPT): where partial text can be read
+        drift_rows += score_drift(
+            drift_est,
+            F_test[text_test],
+            adm_test[text_test],
+            y_test[text_test],
+            points,
+            tx_test[text_test] if tx_test is not None else None,
+            cut_test[text_test] if cut_test is not None else None,
+            subset="with_text",
+        )
+    return drift_rows
+
+
+def _common_meta(
+    train: pd.DataFrame, sizes: Mapping[str, int], extra_meta: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Metadata both artifacts carry: the training data's hash and size, extra entries."""
+    return {
+        "training_data_hash": data_hash(train),
+        "training_rows": len(train),
+        "sizes": sizes,
+        **(extra_meta or {}),
+    }
+
+
+def _save_artifacts(
+    length_est: Any,
+    drift_est: Any | None,
+    out_dir: Path,
+    *,
+    table: pd.DataFrame,
+    rows: list[dict[str, Any]],
+    drift_rows: list[dict[str, Any]],
+    latency: Mapping[str, Any],
+    common: Mapping[str, Any],
+    tc: TrainConfig,
+    spec: Mapping[str, Any],
+) -> dict[str, Path]:
+    """Save the length (and drift) artifacts with their metadata and the seen-prompt set.
+
+    ``rows``: the length table's rows, the length model's last; ``common``: metadata both
+    artifacts carry; ``spec``: how the training table was chosen (``training_spec``)."""
+    artifacts: dict[str, Path] = {}
+    lmeta = {
+        **common,
+        "metrics": {k: v for k, v in rows[-1].items() if k != "model"},
+        "baselines": {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in rows[:-1]},
+        "latency": latency,
+    }
+    artifacts["length"] = length_est.save(out_dir / "length", extra_meta=lmeta)
+    # which prompts the models trained/validated on (workloads then avoid them; the drift
+    # model trains on the same split): before the drift model pins the length fingerprint
+    sp = split_table(table, tc.split)
+    seen = seen_from_split(sp.train, sp.val, spec)
+    attach_to_artifact(artifacts["length"], seen)
+    if drift_est is not None:
+        from predictor.artifacts import read_meta
+
+        fp = fingerprint(read_meta(artifacts["length"]))
+        artifacts["drift"] = drift_est.save(
+            out_dir / "drift",
+            extra_meta={**common, "length_fingerprint": fp, "metrics": drift_rows},
+        )
+        attach_to_artifact(artifacts["drift"], seen)
+    return artifacts
 
 
 def leave_one_source_out_table(

@@ -636,7 +636,21 @@ def section_paper(paper: Mapping[str, Any], figdir: Path) -> tuple[list[str], di
         "generated (no rescaling): the stress phase offers far more than the GPU serves, as in "
         "the paper.\n"
     )
-    # paper-vs-ours table
+    out += _paper_vs_ours(est, mb, seeds, key)
+    out += _paper_estimation_per_policy(est, mb)
+    out += _paper_waits(mb, seeds, figdir)
+    out += _paper_mb_vs_cb(mb, cb, seeds, key)
+    out.append(drift_guard_note(mb, seeds))
+    return out, key
+
+
+def _paper_vs_ours(
+    est: Mapping[str, Any],
+    mb: Mapping[int, Mapping[str, Path]],
+    seeds: Sequence[int],
+    key: dict[str, Any],
+) -> list[str]:
+    """The paper-versus-ours claims table; records its per-seed values in ``key``."""
     rows = []
     for counting in ("whitespace", "tokenizer"):
         for metric, pkey in (("mae", "ema_mae_reduction"), ("rmse", "ema_rmse_reduction")):
@@ -669,13 +683,18 @@ def section_paper(paper: Mapping[str, Any], figdir: Path) -> tuple[list[str], di
             fmt_ci(p99, True),
         ]
     )
-    out.append("### Paper versus ours\n")
-    out.append(
+    return [
+        "### Paper versus ours\n",
         "Paper column: published numbers (constants `report.results.PAPER`). Ours: mean "
-        "over seeds [95% t-interval]; ratios paired per seed.\n"
-    )
-    out.append(md_table(["claim", "paper", "ours"], rows) + "\n")
-    # per policy estimation
+        "over seeds [95% t-interval]; ratios paired per seed.\n",
+        md_table(["claim", "paper", "ours"], rows) + "\n",
+    ]
+
+
+def _paper_estimation_per_policy(
+    est: Mapping[str, Any], mb: Mapping[int, Mapping[str, Path]]
+) -> list[str]:
+    """Estimation error with and without the EMA, per policy and counting variant."""
     rows = []
     for p in FIVE:
         e = est["whitespace"][p]
@@ -692,7 +711,7 @@ def section_paper(paper: Mapping[str, Any], figdir: Path) -> tuple[list[str], di
             ]
         )
     diffs = replay_check(mb)
-    out.append("### Estimation error per policy\n")
+    out = ["### Estimation error per policy\n"]
     out.append(
         "Tokens, admission estimate vs the generated length, finished requests. For FIFO, "
         "Priority, Weighted and Aging (which never read the estimate) the estimator runs "
@@ -729,7 +748,13 @@ def section_paper(paper: Mapping[str, Any], figdir: Path) -> tuple[list[str], di
         "ones of each category (the long ones are still queued), which biases the correction "
         "downwards; the paper does not break its average down by policy.\n"
     )
-    # waits per tier and class
+    return out
+
+
+def _paper_waits(
+    mb: Mapping[int, Mapping[str, Path]], seeds: Sequence[int], figdir: Path
+) -> list[str]:
+    """Queue waits per tier and runtime class (micro-batch), with their figure."""
     labels = ["fifo", "priority", "weighted", "sjf_ema", "aging", "drift", "oracle"]
     waits: dict[str, dict[str, list[float]]] = {}
     rows = []
@@ -745,7 +770,7 @@ def section_paper(paper: Mapping[str, Any], figdir: Path) -> tuple[list[str], di
                 counts[c].append(w["class_n"][c])
         waits[lab] = acc
         rows.append([lab, *[fmt_ci(acc[g]) for g in (*TIERS, *CLASSES)]])
-    out.append("### Queue waits per tier and per runtime class (micro-batch)\n")
+    out = ["### Queue waits per tier and per runtime class (micro-batch)\n"]
     out.append(
         "Mean first queue wait (s) = admitted - arrival; runtime class from prompt + generated "
         "tokens (`scheduler.request.runtime_class`). Requests per class (seed "
@@ -754,10 +779,16 @@ def section_paper(paper: Mapping[str, Any], figdir: Path) -> tuple[list[str], di
     out.append(md_table(["arm", *TIERS, *[f"class {c}" for c in CLASSES]], rows) + "\n")
     fig_paper_waits(waits, figdir / "results_paper_waits.png")
     out.append("![queue waits](figures/results_paper_waits.png)\n")
+    out.append(_paper_waits_note(waits))
+    return out
+
+
+def _paper_waits_note(waits: Mapping[str, Mapping[str, list[float]]]) -> str:
+    """Why the paper's SJF favours the batch tier and short requests."""
     from predictor.paper import TIER_FACTOR
 
     sw = waits["sjf_ema"]
-    out.append(
+    return (
         f"Under the paper's SJF the premium tier waits {_num(float(np.mean(sw['premium'])))} s "
         f"on average and the batch tier {_num(float(np.mean(sw['batch'])))} s: the estimator "
         "multiplies every budget by a tier factor ("
@@ -770,7 +801,15 @@ def section_paper(paper: Mapping[str, Any], figdir: Path) -> tuple[list[str], di
         f"{_num(float(np.mean(sw['long'])))} s vs "
         f"{_num(float(np.mean(waits['fifo']['long'])))} s.\n"
     )
-    # continuous batching and drift
+
+
+def _paper_mb_vs_cb(
+    mb: Mapping[int, Mapping[str, Path]],
+    cb: Mapping[int, Mapping[str, Path]],
+    seeds: Sequence[int],
+    key: dict[str, Any],
+) -> list[str]:
+    """Micro-batch versus continuous batching per arm; records the FIFO ratio in ``key``."""
     rows = []
     for lab in ("fifo", "priority", "weighted", "aging", "sjf_ema", "drift", "oracle"):
         row = [lab]
@@ -787,20 +826,16 @@ def section_paper(paper: Mapping[str, Any], figdir: Path) -> tuple[list[str], di
         / _lat(load_run(mb[s]["fifo"])[0], "e2e_s", "p50")
         for s in seeds
     ]
-    out.append("### Micro-batch versus continuous batching, and our `drift` policy\n")
-    out.append(
+    return [
+        "### Micro-batch versus continuous batching, and our `drift` policy\n",
         "E2E in seconds. Same workload and arrival times; `engine.mode=continuous` for "
-        "the right half.\n"
-    )
-    out.append(
+        "the right half.\n",
         md_table(
             ["arm", "MB E2E p50", "MB E2E p99", "MB SLO", "CB E2E p50", "CB E2E p99", "CB SLO"],
             rows,
         )
-        + "\n"
-    )
-    out.append(drift_guard_note(mb, seeds))
-    return out, key
+        + "\n",
+    ]
 
 
 def drift_guard_note(mb: Mapping[int, Mapping[str, Path]], seeds: Sequence[int]) -> str:
@@ -853,6 +888,25 @@ def section_headline(
         "transformer predictor in `artifacts/transformer`). Mean [95% t-interval] over "
         "seeds.\n"
     )
+    summ = _headline_summaries(runs, loads, seeds, labels)
+    out += _headline_load_tables(summ, loads, seeds, labels)
+    key: dict[str, Any] = {}
+    out += _headline_ratios(summ, loads, seeds, labels, key)
+    out += _headline_figures(summ, loads, seeds, labels, figdir)
+    return out, key
+
+
+# summ[load][seed][arm]: the run's summary.json (an empty mapping where the arm is missing)
+_Summaries = Mapping[float, Mapping[int, Mapping[str, Mapping[str, Any]]]]
+
+
+def _headline_summaries(
+    runs: Mapping[float, Mapping[int, Mapping[str, Path]]],
+    loads: Sequence[float],
+    seeds: Sequence[int],
+    labels: Sequence[str],
+) -> dict[float, dict[int, dict[str, Any]]]:
+    """Every run's summary, with every label present at every load and seed."""
     summ = {
         u: {s: {lab: load_run(d)[0] for lab, d in runs[u][s].items()} for s in seeds} for u in loads
     }
@@ -861,6 +915,13 @@ def section_headline(
         for s in seeds:
             for lab in labels:
                 summ[u][s].setdefault(lab, nan_summary)
+    return summ
+
+
+def _headline_load_tables(
+    summ: _Summaries, loads: Sequence[float], seeds: Sequence[int], labels: Sequence[str]
+) -> list[str]:
+    """One table per utilisation: every policy's headline metrics."""
     metrics = [
         ("E2E mean (s)", lambda x: _lat(x, "e2e_s", "mean")),
         ("E2E p99 (s)", lambda x: _lat(x, "e2e_s", "p99")),
@@ -872,14 +933,24 @@ def section_headline(
         ("Jain (tenants)", lambda x: get(x, "fairness", "jain_tenants")),
         ("max wait (s)", lambda x: get(x, "starvation", "max_wait_s")),
     ]
+    out = []
     for u in loads:
         rows = []
         for lab in labels:
             rows.append([lab, *[fmt_ci([f(summ[u][s][lab]) for s in seeds]) for _, f in metrics]])
         out.append(f"### Utilisation {u:g}\n")
         out.append(md_table(["policy", *[m for m, _ in metrics]], rows) + "\n")
-    # headline ratios
-    key: dict[str, Any] = {}
+    return out
+
+
+def _headline_ratios(
+    summ: _Summaries,
+    loads: Sequence[float],
+    seeds: Sequence[int],
+    labels: Sequence[str],
+    key: dict[str, Any],
+) -> list[str]:
+    """E2E of ``drift`` over each reference, paired per seed; records them in ``key``."""
     rows = []
     for u in loads:
         row = [f"{u:g}"]
@@ -893,8 +964,8 @@ def section_headline(
                     key[f"drift_vs_{ref}_{q}_u{u:g}"] = v
                     row.append(fmt_ci(v))
         rows.append(row)
-    out.append("### Headline ratios (E2E of `drift` / E2E of the reference, paired per seed)\n")
-    out.append(
+    return [
+        "### Headline ratios (E2E of `drift` / E2E of the reference, paired per seed)\n",
         md_table(
             [
                 "load",
@@ -907,9 +978,18 @@ def section_headline(
             ],
             rows,
         )
-        + "\n"
-    )
-    # figures
+        + "\n",
+    ]
+
+
+def _headline_figures(
+    summ: _Summaries,
+    loads: Sequence[float],
+    seeds: Sequence[int],
+    labels: Sequence[str],
+    figdir: Path,
+) -> list[str]:
+    """Load curves and the per-tier SLO figure and table at the top load."""
     curves = {
         "E2E mean (s)": {
             lab: {u: [_lat(summ[u][s][lab], "e2e_s", "mean") for s in seeds] for u in loads}
@@ -940,11 +1020,12 @@ def section_headline(
     }
     fig_tier_slo(att, top, figdir / "results_tier_slo.png")
     rows = [[lab, *[fmt_ci(att[lab][t]) for t in TIERS]] for lab in labels]
-    out.append(f"### Per-tier SLO attainment (TTFT and E2E) at utilisation {top:g}\n")
-    out.append(md_table(["policy", *TIERS], rows) + "\n")
-    out.append("![load curves](figures/results_load_curves.png)\n")
-    out.append("![tier SLO](figures/results_tier_slo.png)\n")
-    return out, key
+    return [
+        f"### Per-tier SLO attainment (TTFT and E2E) at utilisation {top:g}\n",
+        md_table(["policy", *TIERS], rows) + "\n",
+        "![load curves](figures/results_load_curves.png)\n",
+        "![tier SLO](figures/results_tier_slo.png)\n",
+    ]
 
 
 def section_shift(plan: Plan, runs: Mapping[int, Mapping[str, Path]]) -> tuple[list[str], dict]:

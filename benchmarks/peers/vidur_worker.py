@@ -22,25 +22,48 @@ import os
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def main(path: str, c0: float, c_tok: float, c_kv: float, c_pair: float, blocks: int) -> None:
     import pandas as pd
-    from vidur.config import (
-        CacheConfig,
-        ClusterConfig,
-        LinearRegressionExecutionTimePredictorConfig,
-        MetricsConfig,
-        ReplicaConfig,
-        SarathiSchedulerConfig,
-        SimulationConfig,
-        TraceRequestGeneratorConfig,
-    )
+    from vidur.simulator import Simulator
+
+    stats = register_analytic_predictor(c0, c_tok, c_kv, c_pair)
+    tmp = tempfile.mkdtemp(prefix="vidur-bench-")
+    df = pd.read_csv(path)
+    trace, max_tokens = write_vidur_trace(df, tmp)
+    t0 = time.perf_counter()
+    cfg = simulation_config(trace, tmp, blocks, max_tokens)
+    sim = Simulator(cfg)
+    setup = time.perf_counter() - t0
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    sim.run()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    out = {
+        "sim_s": wall,
+        "sim_cpu_s": cpu,
+        "setup_s": setup,
+        "requests": len(df),
+        "makespan_s": float(sim._time),
+        "steps": stats["steps"],
+        "tokens_computed": stats["q_tokens"],
+    }
+    print("BENCH_JSON " + json.dumps(out), flush=True)
+
+
+def register_analytic_predictor(
+    c0: float, c_tok: float, c_kv: float, c_pair: float
+) -> dict[str, int]:
+    """Put ``AnalyticPredictor`` in Vidur's registry in place of its linear-regression
+    predictor; returns the counters it fills while Vidur runs (steps, query tokens)."""
     from vidur.execution_time_predictor import ExecutionTimePredictorRegistry
     from vidur.execution_time_predictor.base_execution_time_predictor import (
         BaseExecutionTimePredictor,
     )
-    from vidur.simulator import Simulator
     from vidur.types import ExecutionTimePredictorType
 
     class AnalyticPredictor(BaseExecutionTimePredictor):
@@ -92,8 +115,13 @@ def main(path: str, c0: float, c_tok: float, c_kv: float, c_pair: float, blocks:
     ExecutionTimePredictorRegistry.unregister(key)
     ExecutionTimePredictorRegistry.register(key, AnalyticPredictor)
 
-    tmp = tempfile.mkdtemp(prefix="vidur-bench-")
-    df = pd.read_csv(path)
+    return STATS
+
+
+def write_vidur_trace(df: pd.DataFrame, tmp: str) -> tuple[str, int]:
+    """The trace as Vidur's CSV (in ``tmp``); returns its path and the max tokens per request."""
+    import pandas as pd
+
     max_tokens = int((df["prompt_tokens"] + df["output_tokens"]).max()) + 1
     trace = os.path.join(tmp, "trace.csv")
     pd.DataFrame(
@@ -106,8 +134,23 @@ def main(path: str, c0: float, c_tok: float, c_kv: float, c_pair: float, blocks:
             "CompletionTokenCount": df["output_tokens"].clip(lower=2),
         }
     ).to_csv(trace, index=False)
-    t0 = time.perf_counter()
-    cfg = SimulationConfig(
+    return trace, max_tokens
+
+
+def simulation_config(trace: str, tmp: str, blocks: int, max_tokens: int) -> Any:
+    """Vidur's config: one replica, Sarathi chunked prefill, ``blocks`` KV blocks, no file output."""
+    from vidur.config import (
+        CacheConfig,
+        ClusterConfig,
+        LinearRegressionExecutionTimePredictorConfig,
+        MetricsConfig,
+        ReplicaConfig,
+        SarathiSchedulerConfig,
+        SimulationConfig,
+        TraceRequestGeneratorConfig,
+    )
+
+    return SimulationConfig(
         log_level="warning",
         cluster_config=ClusterConfig(
             num_replicas=1,
@@ -142,21 +185,6 @@ def main(path: str, c0: float, c_tok: float, c_kv: float, c_pair: float, blocks:
             output_dir=tmp,
         ),
     )
-    sim = Simulator(cfg)
-    setup = time.perf_counter() - t0
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    sim.run()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    out = {
-        "sim_s": wall,
-        "sim_cpu_s": cpu,
-        "setup_s": setup,
-        "requests": len(df),
-        "makespan_s": float(sim._time),
-        "steps": STATS["steps"],
-        "tokens_computed": STATS["q_tokens"],
-    }
-    print("BENCH_JSON " + json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

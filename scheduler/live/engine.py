@@ -106,22 +106,27 @@ class VllmEngineConfig:
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # extra vllm EngineArgs
 
     def validate(self) -> None:
-        def bad(name: str, expected: str) -> ValueError:
-            return ValueError(
-                f"engine config: {name}={getattr(self, name)!r}: expected "
-                f"{expected} (conf/engine/vllm.yaml)"
-            )
+        for name, choices in (
+            ("process_mode", PROCESS_MODES),
+            ("scheduler_impl", SCHEDULER_IMPLS),
+            ("length_mode", LENGTH_MODES),
+            ("prompt_source", PROMPT_SOURCES),
+            ("dtype", DTYPES),
+        ):
+            if getattr(self, name) not in choices:
+                raise self._bad(name, f"one of {choices}")
+        self._validate_sizes()
+        self._validate_model()
 
-        if self.process_mode not in PROCESS_MODES:
-            raise bad("process_mode", f"one of {PROCESS_MODES}")
-        if self.scheduler_impl not in SCHEDULER_IMPLS:
-            raise bad("scheduler_impl", f"one of {SCHEDULER_IMPLS}")
-        if self.length_mode not in LENGTH_MODES:
-            raise bad("length_mode", f"one of {LENGTH_MODES}")
-        if self.prompt_source not in PROMPT_SOURCES:
-            raise bad("prompt_source", f"one of {PROMPT_SOURCES}")
-        if self.dtype not in DTYPES:
-            raise bad("dtype", f"one of {DTYPES}")
+    def _bad(self, name: str, expected: str) -> ValueError:
+        return ValueError(
+            f"engine config: {name}={getattr(self, name)!r}: expected "
+            f"{expected} (conf/engine/vllm.yaml)"
+        )
+
+    def _validate_sizes(self) -> None:
+        """Counts, memory sizes and timeouts in range; a step fits any prompt."""
+        bad = self._bad
         for name in (
             "max_num_seqs",
             "max_num_batched_tokens",
@@ -153,6 +158,10 @@ class VllmEngineConfig:
                 f">= max_model_len ({self.max_model_len}) "
                 "when chunked prefill is off (a long prompt could never be scheduled)",
             )
+
+    def _validate_model(self) -> None:
+        """A local model directory or a valid tiny-model spec; the fallback policy a spec."""
+        bad = self._bad
         if self.model != "tiny":
             if not (Path(self.model) / "config.json").is_file():
                 raise bad(

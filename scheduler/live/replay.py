@@ -280,12 +280,7 @@ def replay_inprocess(
             time.sleep(max(0.0, prepared[i].req.arrival_s - (time.monotonic() - t0)))
             continue
         if timeout_s is not None and now > timeout_s:
-            live = [p.req.request_id for p in prepared[:i] if not (p.finished or p.aborted)]
-            engine.abort_request(live)
-            for rid in live:
-                by_id[rid].aborted, by_id[rid].finish_reason = True, "timeout"
-            for p in prepared[i:]:  # never submitted: recorded as aborted, never admitted
-                p.aborted, p.finish_reason = True, "timeout_unsubmitted"
+            _timeout_inprocess(engine, prepared, by_id, i)
             break
         outs = engine.step()
         t = time.monotonic() - t0
@@ -307,6 +302,18 @@ def replay_inprocess(
                 to_abort.append(p)
         if to_abort:
             _abort_inprocess(engine, to_abort, acts)
+
+
+def _timeout_inprocess(
+    engine: Any, prepared: list[Prepared], by_id: Mapping[str, Prepared], n_submitted: int
+) -> None:
+    """The run's timeout: abort every live submitted request; the rest are never submitted."""
+    live = [p.req.request_id for p in prepared[:n_submitted] if not (p.finished or p.aborted)]
+    engine.abort_request(live)
+    for rid in live:
+        by_id[rid].aborted, by_id[rid].finish_reason = True, "timeout"
+    for p in prepared[n_submitted:]:  # never submitted: recorded as aborted, never admitted
+        p.aborted, p.finish_reason = True, "timeout_unsubmitted"
 
 
 def _actions(
