@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     from data.presets import workload_from_config
     from evaluate import workload_slos
     from scheduler.live.engine import VllmEngine
-    from scheduler.live.fidelity import compose_config
+    from report.fidelity import compose_config
     from scheduler.live.http_client import ServerProcess, run_http
     from scheduler.live.tiny_model import TinyModelSpec, ensure_tiny_model
     from scheduler.metrics import summarize

@@ -505,7 +505,7 @@ def filter_rows(
 
 
 def describe_schema() -> str:
-    """The schema as a Markdown table (used by the README and ``python -m data.inspect``)."""
+    """The schema as a Markdown table (used by the README and ``python -m report.inspect``)."""
     lines = ["| column | dtype | unit | required | meaning |", "|---|---|---|---|---|"]
     for c in COLUMNS:
         req = "yes" if c.required else ("workloads" if c.name == "arrival_s" else "no")

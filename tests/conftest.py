@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability import campaign
-from tests.reliability.netblock import block_network, blocked_env
+from tests import campaign
+from tests.netblock import block_network, blocked_env
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.presets import compose_workload_config, load_workload, workload_from_config
+from data.presets import workload_from_config
+from report.presets import compose_workload_config, load_workload
 from data.workload import (
     ArrivalSpec,
     MixItem,

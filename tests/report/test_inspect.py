@@ -1,4 +1,4 @@
-from data.inspect import format_table, main, summarise
+from report.inspect import format_table, main, summarise
 from data.loaders import load_source
 
 

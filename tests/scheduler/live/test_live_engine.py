@@ -340,7 +340,7 @@ def test_records_match_the_simulator_schema_and_account_for_every_request(seq1):
 
 
 def test_step_profile_fit_roundtrip(seq1, tmp_path):
-    from scheduler.live.calibrate import fit_step_profile, load_profile, save_profile
+    from scheduler.sim.calibrate import fit_step_profile, load_profile, save_profile
     from scheduler.policies.fifo import FIFOPolicy
 
     rng = np.random.default_rng(1)
