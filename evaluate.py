@@ -316,7 +316,7 @@ def _evaluate(
     pcfgs: dict[str, DictConfig],
     policies: dict[str, Any],
 ) -> dict[str, dict[str, Any]]:
-    from report.progress import sim_observer
+    from scheduler.progress import sim_observer
     from report.tracking import evaluate_identity, log_evaluation, start_run
     from scheduler.metrics import comparison_reading, comparison_table, summarize
 
