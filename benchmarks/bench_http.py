@@ -90,12 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     from data.presets import workload_from_config
-    from evaluate import workload_slos
-    from scheduler.live.engine import VllmEngine
     from report.fidelity import compose_config
+    from scheduler.live.engine import VllmEngine
     from scheduler.live.http_client import ServerProcess, run_http
     from scheduler.live.tiny_model import TinyModelSpec, ensure_tiny_model
-    from scheduler.metrics import summarize
+    from scheduler.metrics import summarize, workload_slos
 
     cfg = compose_config("fifo", [f"seed={a.seed}"])
     wl = workload_from_config(cfg.workload, seed=a.seed).head(a.n)

@@ -123,10 +123,9 @@ def _get(d: dict[str, Any], path: tuple[str, ...]) -> float:
 
 def metric_values(records: pd.DataFrame) -> dict[str, float]:
     """The table's metrics for one record table (``scheduler.metrics.summarize`` definitions)."""
-    from data.workload import TIER_SLOS
-    from scheduler.metrics import summarize
+    from scheduler.metrics import slo_table, summarize
 
-    s = summarize(records, slos=dict(TIER_SLOS))  # SLOs do not enter these metrics
+    s = summarize(records, slos=slo_table())  # SLOs do not enter these metrics
     return {name: _get(s, path) for name, path in METRICS}
 
 

@@ -75,8 +75,8 @@ def test_blocker_is_undone_after_the_test():
 def test_data_pipeline_offline(no_network, tmp_path):
     """Tokenizer, every shipped source, the default and paper workloads and a user file."""
     from data.loaders import SOURCES, load_source, load_trace_file
-    from report.presets import load_workload
     from data.tokens import count_tokens
+    from report.presets import load_workload
 
     assert count_tokens(["offline tokenizer check"]).tolist() == [3]
     for name in SOURCES:

@@ -27,7 +27,6 @@ def tiny_cache(tmp_path_factory):
 
 
 def test_fidelity_table_at_a_tiny_size(tiny_cache, tmp_path):
-    from scheduler.live.engine import VllmEngine
     from report.fidelity import (
         METRICS,
         SELF,
@@ -35,6 +34,7 @@ def test_fidelity_table_at_a_tiny_size(tiny_cache, tmp_path):
         compare_engines,
         write_report,
     )
+    from scheduler.live.engine import VllmEngine
     from scheduler.sim.engine import SimEngine
 
     eng = VllmEngine(

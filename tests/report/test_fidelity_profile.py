@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scheduler.sim.calibrate import fit_step_profile, load_profile, save_profile
 from report.fidelity import METRICS, SHIPPED_PROFILE, FidelityReport, fidelity_table
 from scheduler.policies.fifo import FIFOPolicy
+from scheduler.sim.calibrate import fit_step_profile, load_profile, save_profile
 from scheduler.sim.cost import LinearCostModel, load_cost_model
 from scheduler.sim.engine import SimEngine
 from scheduler.sim.profiles import build_profile
