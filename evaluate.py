@@ -140,7 +140,7 @@ def write_outputs(out_dir: Path, result: Any, summary: Mapping[str, Any]) -> Non
 
 def workload_slos(workload: Any) -> dict[str, tuple[float, float]]:
     """(TTFT s, E2E s) per tenant from the workload's tenants, and per tier as a fallback."""
-    from data.workload import TIER_SLOS
+    from data.schema import TIER_SLOS
 
     slos: dict[str, tuple[float, float]] = dict(TIER_SLOS)
     for t in getattr(workload, "tenants", ()):
@@ -316,9 +316,9 @@ def _evaluate(
     pcfgs: dict[str, DictConfig],
     policies: dict[str, Any],
 ) -> dict[str, dict[str, Any]]:
-    from scheduler.progress import sim_observer
     from report.tracking import evaluate_identity, log_evaluation, start_run
     from scheduler.metrics import comparison_reading, comparison_table, summarize
+    from scheduler.progress import sim_observer
 
     seed = int(cfg.seed)
     if cfg.get("rate_rps") is not None:

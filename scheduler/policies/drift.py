@@ -47,10 +47,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from data.schema import TIERS
+from data.schema import TIERS, runtime_class
 from scheduler.policies.base import Policy
 from scheduler.policies.estimates import LearnedLengths
-from scheduler.request import SchedRequest, Status, runtime_class
+from scheduler.request import SchedRequest, Status
 
 URGENT_OFFSET = -1e12  # urgent keys: URGENT_OFFSET + deadline (EDF, ahead of every score)
 DEFAULT_TTFT_SLO_S: dict[str, float] = {"premium": 1.0, "standard": 5.0, "batch": 60.0}
