@@ -155,7 +155,7 @@ def test_bad_profile_files_are_rejected_with_the_field(tmp_path):
     broken.write_text("{not json")
     with pytest.raises(ValueError, match=r"broken\.json"):
         build_profile(str(broken))
-    with pytest.raises(FileNotFoundError, match=r"scheduler\.live\.fidelity"):
+    with pytest.raises(FileNotFoundError, match=r"report\.fidelity"):
         build_profile(str(tmp_path / "missing.json"))
     # no KV capacity recorded: the engine asks for num_gpu_blocks
     nokv = write(tmp_path, LinearCostModel(0.001, 1e-5, 0.0))
