@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     from data.presets import workload_from_config
+    from report.fidelity import compose_config
     from scheduler.live.engine import VllmEngine
-    from scheduler.live.fidelity import compose_config
     from scheduler.live.http_client import ServerProcess, run_http
     from scheduler.live.tiny_model import TinyModelSpec, ensure_tiny_model
     from scheduler.metrics import summarize, workload_slos

@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 
-from benchmarks.common import ROOT, BenchError, emit, md_table, python_cmd, run_measured
+from benchmarks.common import BenchError, emit, md_table, python_cmd, run_measured
 
 WAITING = (100, 1_000, 10_000)
 RUNNING = 256
@@ -37,7 +37,10 @@ BLOCKS = 5
 
 
 def all_policies() -> list[str]:
-    return sorted(p.stem for p in (ROOT / "conf" / "policy").glob("*.yaml"))
+    """Every policy preset (``report.jobs.known_policies``)."""
+    from report.jobs import known_policies
+
+    return known_policies()
 
 
 def step_times(

@@ -38,35 +38,24 @@ from benchmarks.common import (
 )
 from benchmarks.traces import peer_csv, sim_trace, trace_meta
 
-ALL = [
-    "fifo",
-    "priority",
-    "weighted",
-    "weighted_fair",
-    "aging",
-    "sjf",
-    "driftsched",
-    "drift",
-    "uniboost",
-    "tie",
-    "trail",
-    "srpt_oracle",
-    "oracle",
-]
 PEER_KV_BLOCKS = 33_000  # 528k KV tokens of 16: no preemption on the benchmark traces
 PEERS = ("vidur", "sched-sim")
 
 
+def compare_policies() -> list[str]:
+    """The policies the bare ``python evaluate.py`` compares (``conf/evaluate.yaml``'s
+    ``compare``): the benchmark's default set."""
+    from report.jobs import compose
+
+    return [str(p) for p in compose().compare]
+
+
 def make_policy(name: str, predictor_dir: str) -> Any:
     """The policy of ``conf/policy/<name>.yaml``, composed like ``evaluate.py +policy=name``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+    from report.jobs import build_policy, compose
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            config_name="evaluate", overrides=[f"+policy={name}", f"predictor_dir={predictor_dir}"]
-        )
-    return instantiate(cfg.policy)
+    cfg = compose([f"+policy={name}", f"predictor_dir={predictor_dir}"])
+    return build_policy(cfg.policy)
 
 
 def default_predictor_dir() -> str:
@@ -252,7 +241,7 @@ def main() -> None:
     w.add_argument("--no-fast-forward", action="store_true", help="step one step at a time")
     ap.add_argument("--n", type=int, default=10_000, help="requests in the workload")
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--policies", default=",".join(ALL))
+    ap.add_argument("--policies", default=None, help="comma-separated (default: compare)")
     args = ap.parse_args()
     if args.cmd == "worker":
         emit(
@@ -265,7 +254,7 @@ def main() -> None:
             )
         )
         return
-    names = [p for p in args.policies.split(",") if p]
+    names = [p for p in (args.policies or ",".join(compare_policies())).split(",") if p]
     rows = scaling([args.n], {args.n: args.repeats}, names)
     cols = [
         "policy",

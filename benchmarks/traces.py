@@ -67,7 +67,7 @@ def sim_trace(n: int, seed: int = 0, utilisation: float = 0.95, cache: Path = CA
         df = pd.concat(parts, ignore_index=True).iloc[:n].reset_index(drop=True)
         meta = {**base_meta, "n": n, "tiled_from": len(base), "build_s": time.perf_counter() - t0}
     else:
-        from data.presets import load_workload
+        from report.presets import load_workload
         from scheduler.sim.engine import SimEngine
 
         wl = load_workload("default", seed=seed, overrides=[f"n_requests={n}"])

@@ -31,9 +31,9 @@ import pandas as pd
 
 from data.loaders import load_source
 from data.paper_templates import BASE_BUDGET, CATEGORIES, PREFIX, TEMPLATES, TOPICS
+from data.schema import TIER_SLOS
 from data.tokens import count_tokens
 from data.workload import (
-    TIER_SLOS,
     MixItem,
     TenantSpec,
     Workload,

@@ -1,21 +1,17 @@
-"""Hydra configs -> data objects: the ``workload`` and ``data`` config groups.
+"""Workload config nodes -> data objects (the ``workload`` config group), without Hydra.
 
-``conf/workload/*.yaml`` hold either a multi-tenant :class:`data.workload.WorkloadSpec`
-(``preset: tenants``) or the paper's :class:`data.paper.PaperSpec` (``preset: paper``).
-``conf/data/*.yaml`` name the training sources and the split.
+``conf/workload/*.yaml`` hold a multi-tenant :class:`data.workload.WorkloadSpec`
+(``preset: tenants``), the paper's :class:`data.paper.PaperSpec` (``preset: paper``) or a trace
+replay (``preset: trace``). This module reads a node already composed (by Hydra in the entry
+points, or by :func:`report.presets.compose_workload_config`); it never composes one itself.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from data.splits import Split, split_by_config
 from data.workload import Workload, WorkloadSpec, _to_container, build_workload
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PRESETS = ("tenants", "paper", "trace")
 
 
@@ -55,29 +51,3 @@ def check_load(utilisation: Any, rate_rps: Any = None) -> None:
             "(e.g. utilisation=0.9 or rate_rps=4)"
         )
     check_number("utilisation", utilisation, gt=0)
-
-
-def compose_workload_config(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
-    """The ``workload`` group's config ``name`` composed by Hydra (defaults lists applied),
-    outside any Hydra app (for ``python -m data.inspect`` and tests)."""
-    from hydra import compose, initialize_config_dir
-
-    if not (CONF_DIR / "workload" / f"{name}.yaml").is_file():
-        known = sorted(p.stem for p in (CONF_DIR / "workload").glob("*.yaml"))
-        raise ValueError(f"unknown workload preset {name!r}; expected one of {known}")
-    ov = [f"+workload={name}"] + [
-        o if o.startswith("workload.") else f"workload.{o}" for o in (overrides or [])
-    ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(config_name=None, overrides=ov)
-    return _to_container(cfg.workload)
-
-
-def load_workload(name: str, seed: int = 0, overrides: list[str] | None = None) -> Workload:
-    """``workload_from_config`` of the preset ``conf/workload/<name>.yaml``."""
-    return workload_from_config(compose_workload_config(name, overrides), seed)
-
-
-def split_from_config(df: pd.DataFrame, cfg: Any) -> Split:
-    """Split a training table as ``data.split`` says: ``data.splits.split_by_config``."""
-    return split_by_config(df, _to_container(cfg) if cfg is not None else {})

@@ -22,6 +22,40 @@ SCHEMA_VERSION = 1
 TIERS: tuple[str, ...] = ("premium", "standard", "batch")
 """Service tiers, highest priority first. The paper's tier base scores are 1, 2, 3."""
 
+# Per-tier SLOs (seconds) used by the default workload. Premium is interactive chat (a user
+# waits for the first token), standard is tool/code traffic that tolerates a few seconds,
+# batch is offline work judged only on completion within minutes.
+TIER_SLOS: dict[str, tuple[float, float]] = {
+    "premium": (1.0, 60.0),  # (TTFT s, end-to-end s)
+    "standard": (5.0, 120.0),
+    "batch": (60.0, 900.0),
+}
+
+RUNTIME_CLASSES: tuple[str, ...] = ("short", "medium", "long")
+RUNTIME_CLASS_BOUNDS: tuple[int, int] = (128, 512)
+"""The paper's runtime classes on prompt + output tokens: short <= 128 < medium <= 512 < long."""
+
+
+def runtime_class(total_tokens: float) -> str:
+    """The paper's runtime class of a request of ``total_tokens`` (prompt + output): one of
+    :data:`RUNTIME_CLASSES`. Scalar form of :func:`runtime_classes` (policies call it per
+    request; NaN is ``long`` in both)."""
+    short, medium = RUNTIME_CLASS_BOUNDS
+    if total_tokens <= short:
+        return "short"
+    if total_tokens <= medium:
+        return "medium"
+    return "long"
+
+
+def runtime_classes(total_tokens: Sequence[float]) -> np.ndarray:
+    """The runtime class per request as an index into :data:`RUNTIME_CLASSES` (int64, (n,)):
+    0 short (<= 128), 1 medium (<= 512), 2 long; the vectorised :func:`runtime_class`."""
+    t = np.asarray(total_tokens, dtype=np.float64)
+    short, medium = RUNTIME_CLASS_BOUNDS
+    return np.where(t <= short, 0, np.where(t <= medium, 1, 2)).astype(np.int64)
+
+
 UNKNOWN = "unknown"
 """The explicit value for a categorical field the source does not provide."""
 
@@ -523,7 +557,7 @@ def filter_rows(
 
 
 def describe_schema() -> str:
-    """The schema as a Markdown table (used by the README and ``python -m data.inspect``)."""
+    """The schema as a Markdown table (used by the README and ``python -m report.inspect``)."""
     lines = ["| column | dtype | unit | required | meaning |", "|---|---|---|---|---|"]
     for c in COLUMNS:
         req = "yes" if c.required else ("workloads" if c.name == "arrival_s" else "no")

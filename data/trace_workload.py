@@ -15,7 +15,7 @@ so a bad file fails with the same errors as the loaders: file, row(s), column, e
   ``rate_rps=<the file's mean rate>`` replays it at its own speed.
 * Tenants and tiers: the file's ``tenant`` and ``tier`` columns, where ``tiers`` (tenant ->
   tier) overrides or supplies the tier of a tenant. A tenant must end with one tier.
-* SLOs: ``slos`` per tier (``[ttft_s, e2e_s]``; defaults ``data.workload.TIER_SLOS``), and
+* SLOs: ``slos`` per tier (``[ttft_s, e2e_s]``; defaults ``data.schema.TIER_SLOS``), and
   ``tenant_slos`` per tenant.
 * Lengths: ``max_tokens`` from the file where set, else the config's ``max_tokens`` (null: no
   cap beyond the true length); true outputs above it are capped (reported), as a server stops
@@ -35,9 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data.schema import TIERS, filter_rows
+from data.schema import TIER_SLOS, TIERS, filter_rows
 from data.workload import (
-    TIER_SLOS,
     ArrivalSpec,
     MixItem,
     TenantSpec,

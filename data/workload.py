@@ -30,7 +30,7 @@ import pandas as pd
 
 from data.loaders import load_source
 from data.loaders.servegen import WINDOW_S, load_servegen_windows, top_clients
-from data.schema import TIERS, filter_rows, validate_trace
+from data.schema import TIER_SLOS, TIERS, filter_rows, validate_trace
 
 STREAMS: tuple[str, ...] = (
     "arrivals",
@@ -53,15 +53,6 @@ REPLAY_TRACES = (
 )
 MOONCAKE_BUCKET_S = 3.0
 """The Mooncake conversation trace's timestamps are 3 s buckets (see ``replay_arrivals``)."""
-
-# Per-tier SLOs (seconds) used by the default workload. Premium is interactive chat (a user
-# waits for the first token), standard is tool/code traffic that tolerates a few seconds,
-# batch is offline work judged only on completion within minutes.
-TIER_SLOS: dict[str, tuple[float, float]] = {
-    "premium": (1.0, 60.0),  # (TTFT s, end-to-end s)
-    "standard": (5.0, 120.0),
-    "batch": (60.0, 900.0),
-}
 
 DEFAULT_MAX_TOKENS = 2048
 """Default generation cap per request (tokens): with ``DEFAULT_MAX_PROMPT_TOKENS`` a request

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-from scheduler.request import RUNTIME_CLASS_BOUNDS
+from data.schema import runtime_classes
 
 DRIFT_POINTS: tuple[int, ...] = (32, 128, 512)
 """Progress points (tokens generated) at which drift predictors are scored."""
@@ -68,13 +68,6 @@ def spearman(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
     if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):
         return 0.0
     return float(stats.spearmanr(a, b).statistic)
-
-
-def runtime_classes(total_tokens: Sequence[float]) -> np.ndarray:
-    """The paper's runtime class per request: 0 short (<= 128), 1 medium (<= 512), 2 long."""
-    t = np.asarray(total_tokens, dtype=np.float64)
-    short, medium = RUNTIME_CLASS_BOUNDS
-    return np.where(t <= short, 0, np.where(t <= medium, 1, 2)).astype(np.int64)
 
 
 def class_accuracy(

@@ -19,7 +19,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -33,8 +33,19 @@ from predictor.artifacts import (
     read_meta,
 )
 
-if TYPE_CHECKING:
-    from scheduler.request import SchedRequest
+
+class AdmissionRequest(Protocol):
+    """What :func:`frame_from_requests` reads of a request: its admission-time features (the
+    scheduler's ``SchedRequest`` has them; the predictor never imports the scheduler)."""
+
+    request_id: str
+    tenant: str
+    tier: str
+    category: str
+    source: str
+    model: str
+    prompt: str | None
+    prompt_tokens: int
 
 
 class _Length(Protocol):
@@ -219,8 +230,9 @@ def load_predictor(
     )
 
 
-def frame_from_requests(requests: Sequence[SchedRequest]) -> pd.DataFrame:
-    """The admission columns of ``SchedRequest`` objects as a DataFrame for ``featurize``."""
+def frame_from_requests(requests: Sequence[AdmissionRequest]) -> pd.DataFrame:
+    """The admission columns of requests (e.g. ``SchedRequest``) as a DataFrame for
+    ``featurize``."""
     return pd.DataFrame(
         {
             "request_id": [r.request_id for r in requests],

@@ -96,14 +96,17 @@ def get_path(d: Mapping[str, Any], path: Sequence[str]) -> float:
 
 
 def slos_from_config(config: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
-    """(TTFT s, E2E s) per tier (``data.workload.TIER_SLOS``) and per tenant of the run's
+    """(TTFT s, E2E s) per tier (``data.schema.TIER_SLOS``) and per tenant of the run's
     workload config (``workload.tenants.<name>.slo_ttft_s`` / ``slo_e2e_s``), as evaluate.py
-    uses them; a tenant without its own SLOs inherits its tier's."""
-    from data.workload import TIER_SLOS
+    uses them (:func:`scheduler.metrics.slo_table`, the one SLO lookup, as
+    :func:`scheduler.metrics.workload_slos` for a built workload); a tenant without its own SLOs
+    inherits its tier's."""
+    from data.schema import TIER_SLOS
+    from scheduler.metrics import slo_table
 
-    slos: dict[str, tuple[float, float]] = dict(TIER_SLOS)
     workload = config.get("workload")
     tenants = workload.get("tenants") if isinstance(workload, Mapping) else None
+    rows = []
     for name, t in (tenants or {}).items():
         if not isinstance(t, Mapping):
             continue
@@ -112,13 +115,13 @@ def slos_from_config(config: Mapping[str, Any]) -> dict[str, tuple[float, float]
         e2e = t.get("slo_e2e_s", tier_e2e)
         if ttft is None or e2e is None or not (math.isfinite(ttft) and math.isfinite(e2e)):
             continue
-        slos[str(name)] = (float(ttft), float(e2e))
-    return slos
+        rows.append((str(name), ttft, e2e))
+    return slo_table(rows)
 
 
 def tier_slos(config: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
     """The SLO line to draw per tier: the strictest of its tenants' SLOs (or the tier default)."""
-    from data.workload import TIER_SLOS
+    from data.schema import TIER_SLOS
 
     out = dict(TIER_SLOS)
     workload = config.get("workload")

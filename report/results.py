@@ -304,7 +304,7 @@ def replay_check(runs: Mapping[int, Mapping[str, Path]]) -> list[float]:
 
 def waits_by(records: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Mean first queue wait (s) per tier and per runtime class (prompt + output tokens)."""
-    from scheduler.request import runtime_class
+    from data.schema import runtime_class
 
     r = records[records["status"] == "finished"]
     w = r["admitted_s"] - r["arrival_s"]
@@ -773,7 +773,7 @@ def _paper_waits(
     out = ["### Queue waits per tier and per runtime class (micro-batch)\n"]
     out.append(
         "Mean first queue wait (s) = admitted - arrival; runtime class from prompt + generated "
-        "tokens (`scheduler.request.runtime_class`). Requests per class (seed "
+        "tokens (`data.schema.runtime_class`). Requests per class (seed "
         f"{seeds[0]}): " + ", ".join(f"{c} {counts[c][0]}" for c in CLASSES) + ".\n"
     )
     out.append(md_table(["arm", *TIERS, *[f"class {c}" for c in CLASSES]], rows) + "\n")

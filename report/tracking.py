@@ -165,7 +165,7 @@ def tracking_run(
     os.environ.setdefault("WANDB_CONSOLE", "off")
     # wandb >= 0.2x sends OpenTelemetry error reports to its server even from an *offline*
     # run (at exit, via the process-wide settings); nothing leaves the machine unless the user
-    # opts in with WANDB_ERROR_REPORTING=true (tests/reliability/test_e2e_offline.py).
+    # opts in with WANDB_ERROR_REPORTING=true (tests/test_e2e_offline.py).
     os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
     if dir is not None:
         Path(dir).mkdir(parents=True, exist_ok=True)

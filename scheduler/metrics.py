@@ -31,13 +31,13 @@ every tenant gets the same, ``1/n`` when one tenant gets everything.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from scheduler.request import runtime_class
+from data.schema import TIER_SLOS, runtime_class
 
 SUMMARY_VERSION = 1
 QUANTILES: tuple[tuple[str, float], ...] = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
@@ -81,6 +81,23 @@ def dist(values: np.ndarray | pd.Series) -> dict[str, float]:
 
 def latency_block(lat: pd.DataFrame) -> dict[str, dict[str, float]]:
     return {c: dist(lat[c]) for c in ("ttft_s", "tpot_s", "e2e_s", "queue_wait_s")}
+
+
+def slo_table(
+    tenants: Iterable[tuple[str, float, float]] = (),
+) -> dict[str, tuple[float, float]]:
+    """The ``slos`` mapping :func:`slo_flags` reads: (TTFT s, E2E s) per tier
+    (``data.schema.TIER_SLOS``), then one entry per ``(tenant, ttft_s, e2e_s)`` (a tenant entry
+    wins over its tier's)."""
+    slos: dict[str, tuple[float, float]] = dict(TIER_SLOS)
+    for name, ttft, e2e in tenants:
+        slos[str(name)] = (float(ttft), float(e2e))
+    return slos
+
+
+def workload_slos(workload: Any) -> dict[str, tuple[float, float]]:
+    """(TTFT s, E2E s) per tenant of a ``data.workload.Workload``, per tier as a fallback."""
+    return slo_table((t.name, t.slo_ttft_s, t.slo_e2e_s) for t in getattr(workload, "tenants", ()))
 
 
 def slo_flags(
@@ -139,7 +156,7 @@ def normalised_service(records: pd.DataFrame, lat: pd.DataFrame) -> pd.Series:
 def estimation_metrics(records: pd.DataFrame) -> dict[str, float]:
     """The paper's estimation error: MAE/RMSE of the admission estimate (and the last
     estimate) against the true output length, and the runtime-class misclassification rate
-    (classes on prompt + output tokens, ``scheduler.request.runtime_class``)."""
+    (classes on prompt + output tokens, ``data.schema.runtime_class``)."""
     r = records[(records["status"] == "finished") & records["est_output_tokens"].notna()]
     nan = float("nan")
     if len(r) == 0:
@@ -326,13 +343,3 @@ def comparison_reading(
             "learned-policy numbers partly measure memorised prompts"
         )
     return out
-
-
-def workload_slos(workload: Any) -> dict[str, tuple[float, float]]:
-    """(TTFT s, E2E s) per tenant from the workload's tenants, and per tier as a fallback."""
-    from data.workload import TIER_SLOS
-
-    slos: dict[str, tuple[float, float]] = dict(TIER_SLOS)
-    for t in getattr(workload, "tenants", ()):
-        slos[t.name] = (float(t.slo_ttft_s), float(t.slo_e2e_s))
-    return slos

@@ -82,17 +82,3 @@ class SchedRequest:
         if self.est_class and klass != self.est_class:
             self.n_reclassified += 1
         self.est_class = klass
-
-
-RUNTIME_CLASS_BOUNDS: tuple[int, int] = (128, 512)
-"""The paper's runtime classes on prompt + output tokens: short <= 128 < medium <= 512 < long."""
-
-
-def runtime_class(total_tokens: float) -> str:
-    """The paper's runtime class of a request of ``total_tokens`` (prompt + output)."""
-    short, medium = RUNTIME_CLASS_BOUNDS
-    if total_tokens <= short:
-        return "short"
-    if total_tokens <= medium:
-        return "medium"
-    return "long"

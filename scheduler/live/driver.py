@@ -39,29 +39,25 @@ from typing import Any
 from scheduler.faults import EngineFaults, predictor_health
 from scheduler.live.metadata import META_KEY, request_meta
 from scheduler.policies.base import Policy
+from scheduler.policies.fifo import FIFOPolicy  # the built-in fallback when a policy faults
 from scheduler.request import SchedRequest, Status
 
 logger = logging.getLogger("driftsched.live")
 
-__all__ = ["META_KEY", "FifoPolicy", "PolicyDriver", "StepRecord", "instantiate_policy"]
+__all__ = ["META_KEY", "PolicyDriver", "StepRecord", "instantiate_policy"]
 
 SINK_REQUESTS = "sched_requests.jsonl"
 SINK_STEPS = "sched_steps.jsonl"
 
 
-class FifoPolicy(Policy):
-    """Arrival order: the built-in fallback when a policy faults (no dependency on others)."""
-
-    name = "fifo_fallback"
-
-    def key(self, request: SchedRequest, now: float) -> float:
-        return request.arrival_s
-
-
 def instantiate_policy(spec: Mapping[str, Any] | str | None) -> Policy:
-    """Build a policy from a Hydra-style spec (dict or its JSON text); ``None`` gives FIFO."""
+    """Build a policy from a Hydra-style spec (dict or its JSON text); ``None`` gives FIFO.
+
+    The engine-core side of ``report.jobs.build_policy``: the spec is rebuilt from the client's
+    policy object (``scheduler.live.engine.policy_spec``, paths already absolute) and arrives as
+    JSON in a process with no Hydra config, so it is only instantiated and type-checked here."""
     if spec is None:
-        return FifoPolicy()
+        return FIFOPolicy()
     if isinstance(spec, str):
         spec = json.loads(spec)
     if not isinstance(spec, Mapping) or "_target_" not in spec:
@@ -121,7 +117,7 @@ class RunState:
     policy: Policy
     t0: float  # time.monotonic() at the run's start
     sink: Path | None
-    fallback: Policy = field(default_factory=FifoPolicy)
+    fallback: Policy = field(default_factory=FIFOPolicy)
     faults: int = 0
     fault_messages: list[str] = field(default_factory=list)
     engine_faults: EngineFaults | None = None  # injected engine death (tests, +faults=...)
@@ -258,7 +254,7 @@ class PolicyDriver:
         else:
             spec = meta.get("policy") if meta and meta.get("policy") else self.default_policy_spec
             policy = instantiate_policy(spec)
-        fallback = instantiate_policy(self.fallback_spec) if self.fallback_spec else FifoPolicy()
+        fallback = instantiate_policy(self.fallback_spec) if self.fallback_spec else FIFOPolicy()
         sink = meta.get("sink") if meta else None
         sink = sink or self.default_sink
         t0 = float(meta["t0"]) if meta and "t0" in meta else time.monotonic()
@@ -312,7 +308,7 @@ class PolicyDriver:
         except Exception as exc:
             self._fault(where, exc)
             out = None
-        if feed_fallback and not isinstance(run.fallback, FifoPolicy):
+        if feed_fallback and not isinstance(run.fallback, FIFOPolicy):
             with contextlib.suppress(Exception):  # the fallback is best effort
                 call(run.fallback)
         return out

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from scheduler.engine import STEP_COLUMNS, EngineResult, requests_from_frame, workload_frame
-from scheduler.live.driver import META_KEY, FifoPolicy
+from scheduler.live.driver import META_KEY
 from scheduler.live.metadata import TIER_PRIORITY  # vllm_priority: lower is served sooner
 from scheduler.live.replay import (
     LENGTH_MODES,
@@ -54,6 +54,7 @@ from scheduler.live.replay import (
 )
 from scheduler.live.tiny_model import TinyModelSpec, ensure_tiny_model
 from scheduler.policies.base import Policy
+from scheduler.policies.fifo import FIFOPolicy
 from scheduler.records import build_records
 
 logger = logging.getLogger("driftsched.live")
@@ -102,7 +103,7 @@ class VllmEngineConfig:
     probe_requests: int = 32  # capacity probe size
     max_requests: int | None = 200  # evaluate.py serves the first N requests of the workload
     # (a CPU engine serves a few req/s: 3000 requests would take ~10 min per policy); null: all
-    progress: bool = True  # report.progress lines/bar while replaying (finished requests)
+    progress: bool = True  # scheduler.progress lines/bar while replaying (finished requests)
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # extra vllm EngineArgs
 
     def validate(self) -> None:
@@ -684,10 +685,10 @@ class VllmEngine:
         return EngineResult(records=records, steps=steps, meta=meta)
 
     def _progress(self, total: int, name: str) -> Any:
-        """Finished-request progress (quiet in CI logs: report.progress); None when off."""
+        """Finished-request progress (quiet in CI logs: scheduler.progress); None when off."""
         if not self.cfg.progress:
             return None
-        from report.progress import Progress
+        from scheduler.progress import Progress
 
         return Progress(total, desc=f"{name} (vllm)", unit="req")
 
@@ -800,7 +801,7 @@ class VllmEngine:
         rows = np.sort(rng.choice(len(df), size=n, replace=False))
         probe = df.iloc[rows].copy().reset_index(drop=True)
         probe["arrival_s"] = 0.0
-        res = self.run(probe, FifoPolicy(), policy_name="capacity_probe")
+        res = self.run(probe, FIFOPolicy(), policy_name="capacity_probe")
         fin = np.sort(res.records["finish_s"].to_numpy(dtype=float))
         fin = fin[np.isfinite(fin)]
         if fin.size == 0:
@@ -817,6 +818,37 @@ class VllmEngine:
         }
         d["engine"] = "vllm"
         return d
+
+    def provenance(self) -> dict[str, Any]:
+        """Where and with what this engine measures: device, CPU, threads, load, versions and
+        model (kept with measurements such as fitted step-time profiles)."""
+        import datetime as dt
+        import platform
+
+        import torch
+
+        try:
+            import vllm
+
+            vllm_version = vllm.__version__
+        except Exception:  # pragma: no cover - vllm is installed wherever this runs
+            vllm_version = "unknown"
+        return {
+            "measured_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0),
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "vllm": vllm_version,
+            "model": self.cfg.model,
+            "model_dir": str(self.model_dir),
+            "tiny_spec": dict(self.cfg.tiny),
+            "process_mode": self.cfg.process_mode,
+        }
 
 
 def steps_table(raw: pd.DataFrame) -> pd.DataFrame:

@@ -248,7 +248,7 @@ def replay_inprocess(
 ) -> None:
     """Drive an in-process ``LLMEngine``: add due requests, step, record token times.
 
-    ``progress`` (a :class:`report.progress.Progress`) counts finished requests; ``actions``
+    ``progress`` (a :class:`scheduler.progress.Progress`) counts finished requests; ``actions``
     are injected client faults (module docstring)."""
     by_id = {p.req.request_id: p for p in prepared}
     acts = _actions(abort_after_tokens, actions)

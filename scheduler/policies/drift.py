@@ -47,11 +47,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from data.schema import TIERS
-from data.workload import TIER_SLOS
+from data.schema import TIER_SLOS, TIERS, runtime_class
 from scheduler.policies.base import Policy
 from scheduler.policies.estimates import LearnedLengths
-from scheduler.request import SchedRequest, Status, runtime_class
+from scheduler.request import SchedRequest, Status
 
 URGENT_OFFSET = -1e12  # urgent keys: URGENT_OFFSET + deadline (EDF, ahead of every score)
 THROUGHPUT_WINDOW = 256  # finished requests behind the measured seconds per token
@@ -281,7 +280,7 @@ class DriftPolicy(Policy):
     def _urgent_after(self, r: SchedRequest) -> float:
         """Waiting time (s) after which ``r`` becomes urgent: the guard's, or for a tier in
         ``slo_tiers`` ``slo_fraction`` of the request's own TTFT SLO (the client's, else its
-        tier's ``data.workload.TIER_SLOS``) when that comes sooner."""
+        tier's ``data.schema.TIER_SLOS``) when that comes sooner."""
         if r.tier not in self.slo_tiers:
             return self._guard_after
         slo = r.slo_ttft_s if math.isfinite(r.slo_ttft_s) else TIER_SLOS[r.tier][0]

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+from data.schema import runtime_class
 from scheduler.policies.base import Policy
-from scheduler.request import SchedRequest, runtime_class
+from scheduler.request import SchedRequest
 
 
 class DriftSchedPolicy(Policy):

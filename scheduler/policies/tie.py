@@ -33,9 +33,10 @@ from typing import ClassVar
 import numpy as np
 from scipy import stats
 
+from data.schema import runtime_class
 from scheduler.policies.base import Policy
 from scheduler.policies.estimates import LearnedLengths
-from scheduler.request import SchedRequest, runtime_class
+from scheduler.request import SchedRequest
 
 
 class LogTScore:

@@ -41,9 +41,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from data.schema import runtime_class
 from scheduler.policies.estimates import LearnedLengths
 from scheduler.policies.preemptive import PreemptivePolicy
-from scheduler.request import SchedRequest, runtime_class
+from scheduler.request import SchedRequest
 
 
 class TrailPolicy(PreemptivePolicy):

@@ -1,23 +1,22 @@
-"""Column-wise output tables of the simulator: the step table and the record table.
+"""Column-wise output tables of the simulator: the step table (here) and the record table
+(``records_frame``: :func:`scheduler.records.build_records`, the builder both engines share).
 
-Both are accumulated as flat Python lists (no per-row dicts) and turned into DataFrames once:
-at a million requests a dict per row costs gigabytes, a list of ints a few megabytes.
+The step table is accumulated as flat typed arrays (no per-row dicts) and turned into a
+DataFrame once: at a million steps a dict per row costs gigabytes, an array of ints megabytes.
 """
 
 from __future__ import annotations
 
-import itertools
 from array import array
-from collections.abc import Callable, Sequence
-from operator import attrgetter
 
 import numpy as np
 import pandas as pd
 
 from data.schema import TIERS
 from scheduler.engine import STEP_COLUMNS
-from scheduler.records import RECORD_COLUMNS, RECORD_SCHEMA_VERSION
-from scheduler.request import SchedRequest, Status
+from scheduler.records import build_records as records_frame  # the one record-table builder
+
+__all__ = ["SEGMENT_COLUMNS", "StepColumns", "records_frame"]
 
 # step-table columns that stay constant over a fast-forward window, in segment-tuple order
 SEGMENT_COLUMNS: tuple[str, ...] = (
@@ -72,66 +71,3 @@ class StepColumns:
         steps.insert(0, "time_s", np.frombuffer(self.t, dtype=np.float64)[:n].copy())
         steps.insert(1, "duration_s", np.frombuffer(self.dt, dtype=np.float64)[:n].copy())
         return steps
-
-
-def _est_final(r: SchedRequest) -> float:
-    return r.est_history[-1][2] if r.est_history else np.nan
-
-
-def records_frame(
-    requests: Sequence[SchedRequest], *, engine: str, policy: str, seed: int | None = None
-) -> pd.DataFrame:
-    """The record table of ``scheduler.records.build_records`` (identical frame, attrs and
-    dtypes), built column by column. ``requests`` must be ended and in ``index`` order."""
-    for r in requests:
-        if r.status is not Status.FINISHED and r.status is not Status.ABORTED:
-            raise ValueError(
-                f"request {r.request_id!r} is still {r.status.value}: an engine "
-                "must finish or abort every request before writing records"
-            )
-    idx = [r.index for r in requests]
-    if any(b <= a for a, b in itertools.pairwise(idx)):
-        raise ValueError("records_frame: requests must be in ascending index order")
-    # one column at a time, each list dropped once converted (bounded transient memory)
-    get: dict[str, Callable[[SchedRequest], object]] = {
-        "request_id": attrgetter("request_id"),
-        "index": attrgetter("index"),
-        "tenant": attrgetter("tenant"),
-        "tier": attrgetter("tier"),
-        "category": attrgetter("category"),
-        "source": attrgetter("source"),
-        "status": lambda r: r.status.value,
-        "arrival_s": attrgetter("arrival_s"),
-        "admitted_s": attrgetter("admitted_s"),
-        "first_token_s": attrgetter("first_token_s"),
-        "finish_s": attrgetter("finish_s"),
-        "prompt_tokens": attrgetter("prompt_tokens"),
-        "output_tokens": attrgetter("num_output_tokens"),
-        "true_output_tokens": attrgetter("true_output_tokens"),
-        "max_tokens": attrgetter("max_tokens"),
-        "num_preemptions": attrgetter("num_preemptions"),
-        "n_policy_preemptions": attrgetter("n_policy_preemptions"),
-        "est_output_tokens": attrgetter("est_output_tokens"),
-        "est_output_p90": attrgetter("est_output_p90"),
-        "est_final_total": _est_final,
-        "n_estimates": lambda r: len(r.est_history),
-        "n_reclassified": attrgetter("n_reclassified"),
-    }
-    n = len(requests)
-    data = {}
-    for name, (dtype, _, _) in RECORD_COLUMNS.items():
-        v = list(map(get[name], requests))
-        data[name] = pd.array(v, dtype=dtype) if dtype == "string" else np.asarray(v, dtype=dtype)
-        del v
-    df = pd.DataFrame(data, columns=list(RECORD_COLUMNS))
-    df.attrs.update(
-        {
-            "engine": engine,
-            "policy": policy,
-            "seed": seed,
-            "record_schema_version": RECORD_SCHEMA_VERSION,
-        }
-    )
-    df.insert(0, "engine", pd.Series([engine] * n, dtype="string"))
-    df.insert(1, "policy", pd.Series([policy] * n, dtype="string"))
-    return df

@@ -18,7 +18,7 @@ is, summed over prefill chunks, ``chunk * (context_before + chunk / 2)``. Any ob
 ``step_time`` method can be passed to the engine (e.g. a model fitted from live vLLM steps).
 
 Fitted models are stored as JSON (kind ``driftsched.linear_step_time``, written by
-``scheduler.live.calibrate.save_profile``) and read by :func:`load_cost_model`; the simulator
+``scheduler.sim.calibrate.save_profile``) and read by :func:`load_cost_model`; the simulator
 takes such a file as its profile (``engine=sim engine.profile=path/to/fitted.json``).
 """
 
@@ -99,7 +99,7 @@ def read_profile_doc(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{path}: no such step-time profile; fit one with "
-            "python -m scheduler.live.fidelity --save-profile PATH (docs/LIVE.md)"
+            "python -m report.fidelity --save-profile PATH (docs/LIVE.md)"
         ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read a step-time profile ({e})") from None
@@ -107,7 +107,7 @@ def read_profile_doc(path: str | Path) -> dict[str, Any]:
         kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
         raise ValueError(
             f"{path}: field 'kind' is {kind!r}; expected {PROFILE_KIND!r} "
-            "(written by scheduler.live.calibrate.save_profile)"
+            "(written by scheduler.sim.calibrate.save_profile)"
         )
     for k in COEFFICIENTS:
         v = doc.get(k, 0.0 if k in OPTIONAL_COEFFICIENTS else None)

@@ -202,7 +202,7 @@ class SimEngine:
             )
         if progress is None or self.observer is not None:
             return self._run(workload, policy)
-        from report.progress import sim_observer
+        from scheduler.progress import sim_observer
 
         self.observer = sim_observer(f"{progress} (sim)", workload)
         try:

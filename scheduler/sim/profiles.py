@@ -25,7 +25,7 @@ memory-constrained regime the paper studies. A decode step with 60 sequences and
 takes ~0.09 s (c0 65 ms: weights, LM head, overhead; attention 13 ms; tokens 9 ms).
 
 **Fitted profiles.** ``profile`` may instead be the path of a JSON step-time profile fitted
-from live vLLM steps (``scheduler.live.calibrate``; e.g. the shipped
+from live vLLM steps (``scheduler.sim.calibrate``; e.g. the shipped
 ``scheduler/sim/fitted/cpu_tiny_llama.json``, see :data:`FITTED_DIR`): its coefficients replace
 the derivation above and its ``kv_capacity_tokens`` (the live engine's KV blocks x block size)
 sizes the KV cache unless ``num_gpu_blocks`` is set. A relative path is looked up from the
@@ -187,7 +187,7 @@ def build_profile(name: str, gpu_memory_utilization: float = 0.9) -> Profile:
     if name not in PROFILES:
         raise ValueError(
             f"unknown simulator profile {name!r}; expected one of {sorted(PROFILES)} "
-            "or the path of a fitted JSON profile (scheduler.live.calibrate)"
+            "or the path of a fitted JSON profile (scheduler.sim.calibrate)"
         )
     gpu = GPUS[PROFILES[name][0]]
     model = MODELS[PROFILES[name][1]]

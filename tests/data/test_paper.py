@@ -4,8 +4,8 @@ import pytest
 
 from data.paper import CASTILLO_MAPPING, PaperSpec, build_paper_workload, paper_workload
 from data.paper_templates import BASE_BUDGET, CATEGORIES, PREFIX
-from data.presets import load_workload
 from data.tokens import count_tokens
+from report.presets import load_workload
 
 
 @pytest.fixture(scope="module")

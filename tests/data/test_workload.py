@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.presets import compose_workload_config, load_workload, workload_from_config
+from data.presets import workload_from_config
 from data.workload import (
     ArrivalSpec,
     MixItem,
@@ -20,6 +20,7 @@ from data.workload import (
     spec_to_dict,
     trace_times,
 )
+from report.presets import compose_workload_config, load_workload
 
 SMALL = replace(default_spec(), n_requests=600)
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from data.schema import runtime_classes
 from predictor import metrics as M
 
 Y = [1, 2, 3, 4]
@@ -41,7 +42,7 @@ def test_mae_log_floors_predictions_at_one_token() -> None:
 def test_class_accuracy_uses_prompt_plus_output_and_paper_bounds() -> None:
     # true totals 128 (short), 102, 403, 14; predicted 129 (medium!), 102, 402, 16
     assert M.class_accuracy([127, 100, 400, 10], Y, P) == pytest.approx(0.75)
-    assert list(M.runtime_classes([128, 129, 512, 513])) == [0, 1, 1, 2]
+    assert list(runtime_classes([128, 129, 512, 513])) == [0, 1, 1, 2]
 
 
 def test_coverage_by_hand() -> None:

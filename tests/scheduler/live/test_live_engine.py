@@ -20,9 +20,10 @@ pytestmark = pytest.mark.vllm
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from data.schema import runtime_class  # noqa: E402
 from scheduler.policies.base import Policy  # noqa: E402
 from scheduler.records import RECORD_COLUMNS, check_records  # noqa: E402
-from scheduler.request import SchedRequest, runtime_class  # noqa: E402
+from scheduler.request import SchedRequest  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -340,8 +341,8 @@ def test_records_match_the_simulator_schema_and_account_for_every_request(seq1):
 
 
 def test_step_profile_fit_roundtrip(seq1, tmp_path):
-    from scheduler.live.calibrate import fit_step_profile, load_profile, save_profile
     from scheduler.policies.fifo import FIFOPolicy
+    from scheduler.sim.calibrate import fit_step_profile, load_profile, save_profile
 
     rng = np.random.default_rng(1)
     df = frame(

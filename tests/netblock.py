@@ -131,10 +131,10 @@ def block_network(log: Callable[[str], None] | None = None) -> Iterator[list[str
 
 
 SITECUSTOMIZE = """\
-# Written by tests/reliability/netblock.py: block the network in this Python process.
+# Written by tests/netblock.py: block the network in this Python process.
 import atexit, os, sys
 sys.path.insert(0, {root!r})
-from tests.reliability.netblock import block_network
+from tests.netblock import block_network
 
 _log = os.environ["DRIFTSCHED_NETLOG"]
 

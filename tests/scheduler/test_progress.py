@@ -1,4 +1,4 @@
-"""report.progress: a bar on a terminal, rate-limited lines elsewhere, silent for short CI jobs."""
+"""scheduler.progress: a bar on a terminal, rate-limited lines elsewhere, silent for short CI jobs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 import pandas as pd
 import pytest
 
-from report.progress import Progress, progress_mode, sim_observer
+from scheduler.progress import Progress, progress_mode, sim_observer
 
 
 class TTY(io.StringIO):

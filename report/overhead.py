@@ -1,7 +1,7 @@
 """Per-step policy overhead inside the live engine with a long waiting queue.
 
-    python -m scheduler.live.overhead                    # drift, 256 waiting, 16 running
-    python -m scheduler.live.overhead --policy fifo --waiting 512
+    python -m report.overhead                    # drift, 256 waiting, 16 running
+    python -m report.overhead --policy fifo --waiting 512
 
 ``n = waiting + 4 * max_num_seqs`` short requests (synthetic ids, prompt text from the shipped
 AlpacaEval prompts so text-reading predictors do real work) all arrive at t=0; the engine's
@@ -26,7 +26,7 @@ import pandas as pd
 
 from data.schema import TIERS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = REPO_ROOT / "data" / "raw" / "alpaca_eval" / "alpaca_eval_prompts.jsonl"
 
 
@@ -69,11 +69,12 @@ def measure(
     """Run the queue through the live engine; percentiles of ``policy_us`` (module docstring)."""
     from hydra.utils import instantiate
 
-    from scheduler.live.fidelity import build_policy, compose_config
+    from report.fidelity import compose_config
+    from report.jobs import build_policy
 
     cfg = compose_config(policy, [f"engine.max_num_seqs={max_num_seqs}", *overrides])
     engine = instantiate(cfg.engine)
-    pol = build_policy(cfg)
+    pol = build_policy(cfg.policy)
     # 4 batches more than the queue: ~4 x output_tokens steps start with >= `waiting` waiting
     frame = queue_frame(waiting + 4 * max_num_seqs, output_tokens=output_tokens)
     res = engine.run(frame, pol, policy_name=policy)
@@ -106,7 +107,7 @@ def measure(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m scheduler.live.overhead", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m report.overhead", description=__doc__)
     ap.add_argument("--policy", default="drift")
     ap.add_argument("--waiting", type=int, default=256)
     ap.add_argument("--max-num-seqs", type=int, default=16)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.reliability]
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -35,7 +35,7 @@ from scheduler.faults import (  # noqa: E402
 from scheduler.policies.fifo import FIFOPolicy  # noqa: E402
 from scheduler.records import check_records  # noqa: E402
 from scheduler.sim.synthetic import synthetic_frame  # noqa: E402
-from tests.reliability import campaign  # noqa: E402
+from tests import campaign  # noqa: E402
 from tests.scheduler.conftest import with_prompts  # noqa: E402
 from tests.tiny_predictor import DRIFT_MECHANISMS, save_tiny_predictor  # noqa: E402
 
@@ -235,7 +235,7 @@ def test_predictor_raise_nan_inf_falls_back_and_keeps_serving(eng, artifacts, mo
 
 
 # ----------------------------------------------------------------------------- engine death
-# In process: tests/reliability/test_interrupt.py (through evaluate.py: partial records, the
+# In process: tests/report/test_interrupt.py (through evaluate.py: partial records, the
 # engine shut down, the next job runs). With the engine core in its own process: below (slow:
 # the spawned engine core imports vLLM again, 45-90 s on the shared 2-core box).
 @pytest.mark.slow

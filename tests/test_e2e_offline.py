@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.campaign import record
-from tests.reliability.conftest import REPO_ROOT
+from tests.campaign import record
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.reliability  # the campaign of docs/RELIABILITY.md
 
 TRAIN_SMALL = [
     "threads=1",
@@ -79,7 +81,7 @@ def test_train_and_evaluate_offline(blocked_subprocess_env, tmp_path):
     runs = sorted(tmp_path.rglob("*.wandb"))
     assert len(runs) >= 2, f"expected offline wandb runs of train and evaluate, got {runs}"
     from data.loaders import load_source
-    from data.presets import load_workload
+    from report.presets import load_workload
 
     prompts = load_workload("default", 0, EVAL_SMALL[:1]).requests["prompt"].dropna().tolist()
     prompts += load_source("sharegpt")["prompt"].dropna().sample(3000, random_state=0).tolist()

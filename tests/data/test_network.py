@@ -1,8 +1,8 @@
 """Privacy and network: the data pipeline runs with the network blocked and never reaches for it.
 
-The blocker (``tests/reliability/netblock.py``) is tested first: a test that blocks nothing
+The blocker (``tests/netblock.py``) is tested first: a test that blocks nothing
 would pass everything. Then the data layer (token counting, every shipped source, the default
-and paper workloads, ``python -m data.inspect``) runs in-process and in a subprocess with
+and paper workloads, ``python -m report.inspect``) runs in-process and in a subprocess with
 non-local sockets and DNS blocked; the recorded attempts must be empty.
 """
 
@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.campaign import record
-from tests.reliability.conftest import REPO_ROOT
-from tests.reliability.netblock import NetworkBlockedError
+from tests.campaign import record
+from tests.conftest import REPO_ROOT
+from tests.netblock import NetworkBlockedError
+
+pytestmark = pytest.mark.reliability  # the campaign of docs/RELIABILITY.md
 
 
 def test_blocker_blocks_and_records(no_network):
@@ -73,8 +75,8 @@ def test_blocker_is_undone_after_the_test():
 def test_data_pipeline_offline(no_network, tmp_path):
     """Tokenizer, every shipped source, the default and paper workloads and a user file."""
     from data.loaders import SOURCES, load_source, load_trace_file
-    from data.presets import load_workload
     from data.tokens import count_tokens
+    from report.presets import load_workload
 
     assert count_tokens(["offline tokenizer check"]).tolist() == [3]
     for name in SOURCES:
@@ -114,7 +116,7 @@ def test_subprocess_blocker_works(blocked_subprocess_env):
     "args",
     [
         # the paper preset and single sources run in-process above; one CLI run is enough
-        ["-m", "data.inspect", "default", "--n", "200"],
+        ["-m", "report.inspect", "default", "--n", "200"],
     ],
     ids=["inspect-default"],
 )
@@ -123,7 +125,7 @@ def test_inspect_subprocess_offline(blocked_subprocess_env, args):
     r = _run(args, env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert log.read_text() == "", log.read_text()
-    record("network[data.inspect subprocess]", "no attempts")
+    record("network[report.inspect subprocess]", "no attempts")
 
 
 def test_inspect_bad_file_is_a_clean_error(blocked_subprocess_env, tmp_path: Path):
@@ -131,7 +133,7 @@ def test_inspect_bad_file_is_a_clean_error(blocked_subprocess_env, tmp_path: Pat
     env, log = blocked_subprocess_env
     bad = tmp_path / "bad.csv"
     bad.write_text("prompt,output_tokens\nhello,5\nworld,-1\n")
-    r = _run(["-m", "data.inspect", str(bad)], env)
+    r = _run(["-m", "report.inspect", str(bad)], env)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert f"{bad}: row(s) 1: column 'output_tokens'" in r.stderr

@@ -26,7 +26,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from data.schema import TIERS, TraceValidationError, validate_trace
-from tests.reliability.campaign import assert_toolkit_error, campaign, outcome_of, record
+from tests.campaign import assert_toolkit_error, campaign, outcome_of, record
+
+pytestmark = pytest.mark.reliability  # the campaign of docs/RELIABILITY.md
 
 LABELS = ("request_id", "tenant", "tier", "category", "source", "model")
 TOKENS = ("prompt_tokens", "output_tokens", "max_tokens")

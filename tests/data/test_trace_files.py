@@ -36,7 +36,9 @@ from hypothesis import strategies as st
 from data.loaders import load_trace_file
 from data.schema import TIERS, TraceFileError, TraceValidationError
 from data.tokens import count_tokens
-from tests.reliability.campaign import assert_toolkit_error, campaign, outcome_of, record
+from tests.campaign import assert_toolkit_error, campaign, outcome_of, record
+
+pytestmark = pytest.mark.reliability  # the campaign of docs/RELIABILITY.md
 
 LABELS = ("request_id", "tenant", "tier", "category", "source", "model")
 TOKENS = ("prompt_tokens", "output_tokens")

@@ -1,5 +1,5 @@
-from data.inspect import format_table, main, summarise
 from data.loaders import load_source
+from report.inspect import format_table, main, summarise
 
 
 def test_inspect_source(capsys):

@@ -16,8 +16,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from scheduler.policies.fifo import FIFOPolicy  # noqa: E402
 from scheduler.sim.synthetic import synthetic_frame  # noqa: E402
+from tests.scheduler.conftest import tiny_artifacts  # noqa: E402, F401 (the shared fixture)
 
-CONF = Path(__file__).resolve().parents[3] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +27,14 @@ def tiny_cache(tmp_path_factory):
 
 
 def test_fidelity_table_at_a_tiny_size(tiny_cache, tmp_path):
-    from scheduler.live.engine import VllmEngine
-    from scheduler.live.fidelity import (
+    from report.fidelity import (
         METRICS,
         SELF,
         SHIPPED_PROFILE,
         compare_engines,
         write_report,
     )
+    from scheduler.live.engine import VllmEngine
     from scheduler.sim.engine import SimEngine
 
     eng = VllmEngine(
@@ -105,7 +106,7 @@ def _evaluate_cfg(tmp_path: Path, tiny_cache: str, *over: str):
         )
 
 
-def test_evaluate_engine_vllm_end_to_end(tiny_cache, tiny_artifacts, tmp_path):
+def test_evaluate_engine_vllm_end_to_end(tiny_cache, tiny_artifacts, tmp_path):  # noqa: F811
     """report.jobs.evaluate with engine=vllm: capacity probe, head of the workload, outputs."""
     import pandas as pd
 

@@ -17,9 +17,12 @@ import pytest
 
 from data import loaders
 from data.loaders import servegen as sg
-from data.presets import check_load, compose_workload_config, load_workload, workload_from_config
+from data.presets import check_load, workload_from_config
 from data.workload import ARRIVAL_KINDS, REPLAY_TRACES
-from tests.reliability.campaign import record
+from report.presets import compose_workload_config, load_workload
+from tests.campaign import record
+
+pytestmark = pytest.mark.reliability  # the campaign of docs/RELIABILITY.md
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +186,7 @@ def test_hydra_lists_valid_group_options(group, name):
     from hydra import compose, initialize_config_dir
     from hydra.errors import MissingConfigException
 
-    from data.presets import CONF_DIR
+    from report.presets import CONF_DIR
 
     with (
         initialize_config_dir(config_dir=str(CONF_DIR), version_base=None),

@@ -1,6 +1,6 @@
 """Fitted step-time profiles in the simulator, the step-profile fit and the fidelity table.
 
-No vLLM here (fast): profiles are written by ``scheduler.live.calibrate`` (which imports no
+No vLLM here (fast): profiles are written by ``scheduler.sim.calibrate`` (which imports no
 vLLM) and read by the simulator; the live side is in ``tests/scheduler/live``.
 """
 
@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scheduler.live.calibrate import fit_step_profile, load_profile, save_profile
-from scheduler.live.fidelity import METRICS, SHIPPED_PROFILE, FidelityReport, fidelity_table
+from report.fidelity import METRICS, SHIPPED_PROFILE, FidelityReport, fidelity_table
 from scheduler.policies.fifo import FIFOPolicy
+from scheduler.sim.calibrate import fit_step_profile, load_profile, save_profile
 from scheduler.sim.cost import LinearCostModel, load_cost_model
 from scheduler.sim.engine import SimEngine
 from scheduler.sim.profiles import build_profile
@@ -66,7 +66,7 @@ def test_prefill_sequences_are_charged_and_old_cost_objects_still_work():
 
 
 def test_calibrate_cli_fits_a_run_directory(tmp_path):
-    from scheduler.live.calibrate import main
+    from report.calibrate import main
 
     truth = LinearCostModel(c0=0.003, c_token=2e-5, c_kv=0.0, c_decode=3e-4)
     run = tmp_path / "run"
@@ -104,7 +104,7 @@ def test_a_slower_profile_gives_longer_latencies(tmp_path):
 
 
 def test_shipped_cpu_profile_loads_with_provenance():
-    assert SHIPPED_PROFILE.is_file(), "python -m scheduler.live.fidelity --save-profile ..."
+    assert SHIPPED_PROFILE.is_file(), "python -m report.fidelity --save-profile ..."
     doc = json.loads(SHIPPED_PROFILE.read_text())
     for k in ("measured_utc", "device", "vllm", "torch", "model", "how", "note", "runs"):
         assert doc["meta"][k], k
@@ -155,7 +155,7 @@ def test_bad_profile_files_are_rejected_with_the_field(tmp_path):
     broken.write_text("{not json")
     with pytest.raises(ValueError, match=r"broken\.json"):
         build_profile(str(broken))
-    with pytest.raises(FileNotFoundError, match=r"scheduler\.live\.fidelity"):
+    with pytest.raises(FileNotFoundError, match=r"report\.fidelity"):
         build_profile(str(tmp_path / "missing.json"))
     # no KV capacity recorded: the engine asks for num_gpu_blocks
     nokv = write(tmp_path, LinearCostModel(0.001, 1e-5, 0.0))

@@ -1,9 +1,9 @@
 """Simulator fidelity: the same workload and policy on the live vLLM engine and the simulator.
 
-    python -m scheduler.live.fidelity                       # drift, 150 requests, utilisation 0.8
-    python -m scheduler.live.fidelity --policy fifo --requests 300 --out outputs/fidelity
-    python -m scheduler.live.fidelity --save-profile scheduler/sim/fitted/cpu_tiny_llama.json
-    python -m scheduler.live.fidelity workload=poisson engine.max_num_seqs=8   # Hydra overrides
+    python -m report.fidelity                       # drift, 150 requests, utilisation 0.8
+    python -m report.fidelity --policy fifo --requests 300 --out outputs/fidelity
+    python -m report.fidelity --save-profile scheduler/sim/fitted/cpu_tiny_llama.json
+    python -m report.fidelity workload=poisson engine.max_num_seqs=8   # Hydra overrides
 
 Procedure (:func:`run_fidelity`):
 
@@ -31,11 +31,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as _dt
 import json
 import math
-import os
-import platform
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,8 +44,7 @@ import pandas as pd
 
 from scheduler.sim.profiles import FITTED_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = REPO_ROOT / "conf"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_PROFILE = FITTED_DIR / "cpu_tiny_llama.json"
 SELF = "self"  # profile label: fitted on the live run being compared
 SELF_LOAD = "self+load"  # ... and scaled by the live run's measured slowdown over time
@@ -127,10 +123,9 @@ def _get(d: dict[str, Any], path: tuple[str, ...]) -> float:
 
 def metric_values(records: pd.DataFrame) -> dict[str, float]:
     """The table's metrics for one record table (``scheduler.metrics.summarize`` definitions)."""
-    from data.workload import TIER_SLOS
-    from scheduler.metrics import summarize
+    from scheduler.metrics import slo_table, summarize
 
-    s = summarize(records, slos=dict(TIER_SLOS))  # SLOs do not enter these metrics
+    s = summarize(records, slos=slo_table())  # SLOs do not enter these metrics
     return {name: _get(s, path) for name, path in METRICS}
 
 
@@ -148,51 +143,9 @@ def fidelity_table(live: pd.DataFrame, sims: dict[str, pd.DataFrame]) -> pd.Data
 
 def compose_config(policy: str, overrides: Sequence[str] = ()) -> Any:
     """``conf/evaluate.yaml`` with ``engine=vllm``, ``+policy=<policy>`` and the overrides."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from report.jobs import compose
 
-    over = ["engine=vllm", "logger=none", *overrides, f"+policy={policy}"]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="evaluate", overrides=over)
-
-
-def build_policy(cfg: Any) -> Any:
-    """A fresh policy object from ``cfg.policy`` (``predictor_dir`` resolved from the cwd)."""
-    from hydra.utils import instantiate
-
-    kwargs = {}
-    if "predictor_dir" in cfg.policy:
-        p = Path(str(cfg.policy.predictor_dir))
-        kwargs["predictor_dir"] = str(p if p.is_absolute() else Path.cwd() / p)
-    return instantiate(cfg.policy, **kwargs)
-
-
-def _provenance(engine: Any) -> dict[str, Any]:
-    import torch
-
-    try:
-        import vllm
-
-        vllm_version = vllm.__version__
-    except Exception:  # pragma: no cover - vllm is installed wherever this runs
-        vllm_version = "unknown"
-    return {
-        "measured_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "vllm": vllm_version,
-        "model": engine.cfg.model,
-        "model_dir": str(engine.model_dir),
-        "tiny_spec": dict(engine.cfg.tiny),
-        "process_mode": engine.cfg.process_mode,
-    }
+    return compose(["engine=vllm", "logger=none", *overrides, f"+policy={policy}"])
 
 
 def run_fidelity(
@@ -210,6 +163,7 @@ def run_fidelity(
     from hydra.utils import instantiate
 
     from data.presets import check_load, workload_from_config
+    from report.jobs import build_policy
 
     if not isinstance(n_requests, int) or n_requests < 2:
         raise ValueError(f"n_requests={n_requests!r}: expected an integer >= 2")
@@ -217,12 +171,12 @@ def run_fidelity(
     _check_profiles(profiles)
     cfg = compose_config(policy, overrides)
     engine = instantiate(cfg.engine)  # validates the engine config; starts nothing
-    build_policy(cfg)  # a bad policy config fails before the engine starts
+    build_policy(cfg.policy)  # a bad policy config fails before the engine starts
     workload = workload_from_config(cfg.workload, seed=int(cfg.seed)).head(n_requests)
     report = compare_engines(
         engine,
         workload,
-        lambda: build_policy(cfg),
+        lambda: build_policy(cfg.policy),
         policy_name=policy,
         utilisation=utilisation,
         rate_rps=rate_rps,
@@ -246,7 +200,7 @@ class ReplayedLoad:
     """
 
     def __init__(self, base: Any, live_steps: pd.DataFrame, window_s: float = 1.0) -> None:
-        from scheduler.live.calibrate import usable_steps
+        from scheduler.sim.calibrate import usable_steps
 
         s, y = usable_steps(live_steps)
         pred = np.array(
@@ -331,8 +285,8 @@ def compare_engines(
     ``make_policy()`` returns a fresh policy object (one per engine run). The engine is
     opened here if it is not open, and then shut down in ``finally``.
     """
-    from scheduler.live.calibrate import fit_step_profile
-    from scheduler.live.calibrate import save_profile as write_profile
+    from scheduler.sim.calibrate import fit_step_profile
+    from scheduler.sim.calibrate import save_profile as write_profile
     from scheduler.sim.engine import SimEngine
 
     _check_profiles(profiles)
@@ -350,7 +304,7 @@ def compare_engines(
         served = _at_rate(served, rate)
         live = engine.run(served, live_policy, policy_name=policy_name)
         limits = engine.sim_limits()
-        prov = _provenance(engine)
+        prov = engine.provenance()
     finally:
         if owned:
             engine.close()
@@ -368,7 +322,7 @@ def compare_engines(
         "rate_rps": rate,
         "capacity_rps": capacity,
         "utilisation": utilisation if rate_rps is None else None,
-        "how": "python -m scheduler.live.fidelity (scheduler.live.calibrate.fit_step_profile, "
+        "how": "python -m report.fidelity (scheduler.sim.calibrate.fit_step_profile, "
         "target=wall: full step wall time of busy steps)",
     }
     if save_profile is not None:
@@ -457,7 +411,7 @@ def write_report(report: FidelityReport, out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m scheduler.live.fidelity",
+        prog="python -m report.fidelity",
         description="Replay one workload and policy on the live vLLM engine and the simulator; "
         "report the simulator's error (Markdown + JSON).",
     )

@@ -27,10 +27,12 @@ from report.runs import MARKER, discover_runs
 from scheduler.faults import InjectedEngineFault
 from scheduler.policies.fifo import FIFOPolicy
 from scheduler.request import SchedRequest
-from tests.reliability import campaign
+from tests import campaign
+
+pytestmark = pytest.mark.reliability  # the campaign of docs/RELIABILITY.md
 
 REPO = Path(__file__).resolve().parents[2]
-HERE = "tests.reliability.test_interrupt"
+HERE = "tests.test_interrupt"
 
 
 class SlowFifo(FIFOPolicy):
@@ -140,7 +142,7 @@ def test_multirun_sweep_runs_the_next_job_after_a_failing_one(tmp_path: Path) ->
             "rate_rps=2.0",
             "logger=none",
             "+policy=fifo",
-            "policy._target_=tests.reliability.test_crash_safe.ExplodingPolicy",
+            "policy._target_=tests.test_crash_safe.ExplodingPolicy",
             "+policy.after=20,100000",
             f"hydra.sweep.dir={sweep}",
         ],

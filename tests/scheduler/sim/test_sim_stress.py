@@ -40,9 +40,11 @@ from data.schema import TIERS
 from scheduler.engine import requests_from_frame
 from scheduler.request import Status
 from scheduler.sim.engine import SimEngine, SimState
-from tests.reliability.test_artifacts_safety import WORDS, train_tiny_artifacts
+from tests.predictor.test_artifacts_safety import WORDS, train_tiny_artifacts
 
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.reliability  # the campaign of docs/RELIABILITY.md
+
+REPO = Path(__file__).resolve().parents[3]
 CONF = REPO / "conf"
 POLICIES = sorted(p.stem for p in (CONF / "policy").glob("*.yaml"))
 RUNS_PER_POLICY = int(os.environ.get("RELIABILITY_STRESS_RUNS", "6"))

@@ -1,11 +1,11 @@
 """Summary statistics of a source, a workload or a trace file, as a plain aligned text table.
 
-python -m data.inspect castillo             # a shipped source (see data.loaders.SOURCES)
-python -m data.inspect all                  # every shipped source, one line each
-python -m data.inspect default --n 3000     # a workload preset: conf/workload/<name>.yaml
-python -m data.inspect paper --no-prefix    # the paper's workload
-python -m data.inspect my_trace.csv         # a user trace file (missing columns filled)
-python -m data.inspect castillo --by model  # break a table down by any column
+python -m report.inspect castillo             # a shipped source (see data.loaders.SOURCES)
+python -m report.inspect all                  # every shipped source, one line each
+python -m report.inspect default --n 3000     # a workload preset: conf/workload/<name>.yaml
+python -m report.inspect paper --no-prefix    # the paper's workload
+python -m report.inspect my_trace.csv         # a user trace file (missing columns filled)
+python -m report.inspect castillo --by model  # break a table down by any column
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ def load_named(name: str, n: int | None, seed: int, prefix: bool):
     if name in SOURCES:
         return load_source(name)
     if (CONF_DIR / f"{name}.yaml").is_file():
-        from data.presets import compose_workload_config, workload_from_config
+        from data.presets import workload_from_config
+        from report.presets import compose_workload_config
 
         cfg = compose_workload_config(name)
         if cfg.get("preset") == "paper":
@@ -132,7 +133,7 @@ def inspect_all() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m data.inspect",
+        prog="python -m report.inspect",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

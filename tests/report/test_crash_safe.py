@@ -28,9 +28,11 @@ from report.runs import MARKER, discover_runs, job_finished
 from scheduler.policies.fifo import FIFOPolicy
 from scheduler.request import SchedRequest
 
+pytestmark = pytest.mark.reliability  # the campaign of docs/RELIABILITY.md
+
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["workload.n_requests=40", "logger=none", "engine.capacity_sample=40"]
-HERE = "tests.reliability.test_crash_safe"
+HERE = "tests.test_crash_safe"
 
 
 class ExplodingPolicy(FIFOPolicy):

@@ -30,6 +30,8 @@ from predictor.serving import load_predictor
 from scheduler.sim.synthetic import synthetic_frame
 from tests.tiny_predictor import save_tiny_predictor
 
+pytestmark = pytest.mark.reliability  # the campaign of docs/RELIABILITY.md
+
 REPO = Path(__file__).resolve().parents[2]
 # the toolkit's own code (tests excluded: they may mention the forbidden names on purpose)
 PACKAGES = ("data", "predictor", "scheduler", "report", "scripts", "benchmarks")

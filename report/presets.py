@@ -1,0 +1,36 @@
+"""Workload presets composed by Hydra: ``conf/workload/<name>.yaml`` outside any Hydra app.
+
+For ``python -m report.inspect``, the benchmarks and tests; the data layer itself
+(:mod:`data.presets`) only reads composed nodes and never imports Hydra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from data.presets import workload_from_config
+from data.workload import Workload, _to_container
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose_workload_config(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The ``workload`` group's config ``name`` composed by Hydra (defaults lists applied),
+    outside any Hydra app (for ``python -m report.inspect`` and tests)."""
+    from hydra import compose, initialize_config_dir
+
+    if not (CONF_DIR / "workload" / f"{name}.yaml").is_file():
+        known = sorted(p.stem for p in (CONF_DIR / "workload").glob("*.yaml"))
+        raise ValueError(f"unknown workload preset {name!r}; expected one of {known}")
+    ov = [f"+workload={name}"] + [
+        o if o.startswith("workload.") else f"workload.{o}" for o in (overrides or [])
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(config_name=None, overrides=ov)
+    return _to_container(cfg.workload)
+
+
+def load_workload(name: str, seed: int = 0, overrides: list[str] | None = None) -> Workload:
+    """``workload_from_config`` of the preset ``conf/workload/<name>.yaml``."""
+    return workload_from_config(compose_workload_config(name, overrides), seed)
