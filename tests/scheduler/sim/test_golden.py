@@ -1,0 +1,244 @@
+"""Golden hashes of the simulator's output: records, step tables and run stats stay bit-identical.
+
+``golden.json`` was written by the engine *before* the event loop was split into phases (issue
+17); every refactor of ``scheduler/sim/`` must reproduce it exactly. Cases cover the policies
+(the learned ones on the tiny predictor of ``tests/scheduler/conftest.py``), both modes, both
+stepping paths (``fast_forward`` on and off), KV pressure that forces preemptions, a
+``max_model_len`` that aborts long prompts, chunked prefill and three cost models.
+
+Regenerate (only when a behaviour change is intended, and say so in the commit)::
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python -m tests.scheduler.sim.test_golden --write
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from scheduler.policies.aging import AgingPolicy
+from scheduler.policies.drift import DriftPolicy
+from scheduler.policies.driftsched import DriftSchedPolicy
+from scheduler.policies.fifo import FIFOPolicy
+from scheduler.policies.oracle import OraclePolicy
+from scheduler.policies.priority import PriorityPolicy
+from scheduler.policies.sjf import SJFPolicy
+from scheduler.policies.srpt_oracle import SRPTOraclePolicy
+from scheduler.policies.tie import TIEPolicy
+from scheduler.policies.trail import TrailPolicy
+from scheduler.policies.uniboost import UniBoostPolicy
+from scheduler.policies.weighted import WeightedPolicy
+from scheduler.policies.weighted_fair import WeightedFairPolicy
+from scheduler.sim.cost import LinearCostModel
+from scheduler.sim.engine import SimEngine
+from scheduler.sim.synthetic import synthetic_frame
+from tests.scheduler.conftest import with_prompts
+
+GOLDEN = Path(__file__).with_name("golden.json")
+SEEDS = (0, 1, 2)
+META_KEYS = (
+    "preemptions",
+    "policy_preemptions",
+    "recomputed_tokens",
+    "computed_tokens",
+    "aborted",
+    "fast_forward_windows",
+    "fast_forward_steps",
+    "aggregate_steps",
+    "steps",
+    "makespan_s",
+)
+
+
+class HorizonFIFO(FIFOPolicy):
+    """FIFO with a do-nothing step hook and a declared horizon (skipped hook calls)."""
+
+    uses_step_hook = True
+
+    def __init__(self, horizon: float) -> None:
+        self.horizon = horizon
+
+    def on_step(self, running, waiting, now) -> None:
+        pass
+
+    def fast_forward_horizon(self, running, waiting, now) -> float:
+        return self.horizon
+
+
+class OpaqueCost:
+    """A four-argument cost object that is not a LinearCostModel (called, never inlined)."""
+
+    def __init__(self) -> None:
+        self.inner = LinearCostModel(c0=0.013, c_token=2.1e-4, c_kv=3.3e-7, c_pair=1e-8)
+
+    def step_time(self, prefill_tokens, decode_seqs, kv_tokens, prefill_pairs=0.0):
+        return self.inner.step_time(prefill_tokens, decode_seqs, kv_tokens, prefill_pairs)
+
+
+def policies(art: str) -> dict[str, Callable[[], object]]:
+    return {
+        "fifo": FIFOPolicy,
+        "priority": PriorityPolicy,
+        "aging": AgingPolicy,
+        "weighted": WeightedPolicy,
+        "weighted_fair": WeightedFairPolicy,
+        "driftsched": DriftSchedPolicy,
+        "oracle": OraclePolicy,
+        "oracle_preemptive": lambda: OraclePolicy(preemptive=True),
+        "srpt_oracle": lambda: SRPTOraclePolicy(rekey_every=4),
+        "uniboost": lambda: UniBoostPolicy(min_count=8, refresh_every=16, rekey_every=4),
+        "horizon3": lambda: HorizonFIFO(3),
+        "sjf": lambda: SJFPolicy(art),
+        "drift": lambda: DriftPolicy(
+            art,
+            repredict_every=2,
+            min_gain_tokens=8.0,
+            max_preemptions=2,
+            max_preempt_per_step=2,
+            recompute_cost_per_token=0.0,
+        ),
+        "drift_urgent": lambda: DriftPolicy(
+            art, urgent_preempt=True, slo_fraction=0.05, repredict_every=4
+        ),
+        "trail": lambda: TrailPolicy(art, rekey_every=4),
+        "tie": lambda: TIEPolicy(art),
+    }
+
+
+# engine configurations: (workload kwargs, engine kwargs, policies run on it)
+CONFIGS: dict[str, tuple[dict, dict, tuple[str, ...] | None]] = {
+    # KV pressure (memory preemptions) and a context window that aborts long prompts
+    "tight": (
+        {"rate_rps": 20.0, "output_median": 120.0},
+        {
+            "num_gpu_blocks": 160,
+            "max_num_batched_tokens": 512,
+            "max_num_seqs": 32,
+            "max_model_len": 1200,
+        },
+        None,  # every policy
+    ),
+    # plenty of memory: long decode windows
+    "roomy": (
+        {"rate_rps": 6.0},
+        {"max_num_batched_tokens": 2048},
+        ("fifo", "aging", "drift", "srpt_oracle", "uniboost", "horizon3"),
+    ),
+    # small blocks, chunked prefill, few seats, a fitted cost with a per-prefill charge
+    "chunked": (
+        {"rate_rps": 12.0, "prompt_median": 300.0},
+        {
+            "num_gpu_blocks": 700,
+            "block_size": 4,
+            "max_num_batched_tokens": 96,
+            "max_num_seqs": 12,
+            "cost": LinearCostModel(
+                c0=0.01, c_token=1.9e-4, c_kv=2.5e-7, c_pair=3e-9, c_prefill_seq=4e-4
+            ),
+        },
+        ("fifo", "priority", "drift", "trail", "oracle_preemptive"),
+    ),
+    "opaque_cost": (
+        {"rate_rps": 15.0},
+        {"num_gpu_blocks": 240, "max_num_batched_tokens": 256, "cost": OpaqueCost()},
+        ("fifo", "weighted_fair", "drift"),
+    ),
+    "microbatch": (
+        {"rate_rps": 10.0},
+        {
+            "mode": "microbatch",
+            "microbatch_size": 8,
+            "num_gpu_blocks": 400,
+            "max_model_len": 2000,
+        },
+        ("fifo", "priority", "sjf", "drift", "srpt_oracle", "uniboost"),
+    ),
+}
+
+
+def cases(art: str) -> list[tuple[str, Callable[[], dict]]]:
+    """(case id, thunk returning its digest) for every config x policy x seed x stepping."""
+    makers = policies(art)
+    out = []
+    for cname, (wkw, ekw, names) in CONFIGS.items():
+        for pname in names or tuple(makers):
+            for seed in SEEDS:
+                for ff in (True, False):
+                    cid = f"{cname}/{pname}/seed{seed}/{'ff' if ff else 'step'}"
+
+                    def thunk(wkw=wkw, ekw=ekw, pname=pname, seed=seed, ff=ff) -> dict:
+                        df = with_prompts(synthetic_frame(200, seed=seed, **wkw), seed=seed)
+                        res = SimEngine(fast_forward=ff, **ekw).run(df, makers[pname]())
+                        return digest(res)
+
+                    out.append((cid, thunk))
+    return out
+
+
+def frame_hash(df: pd.DataFrame) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
+    h.update(json.dumps(sorted((str(k), repr(v)) for k, v in df.attrs.items())).encode())
+    h.update(pd.util.hash_pandas_object(df, index=True).values.tobytes())
+    return h.hexdigest()
+
+
+def digest(res) -> dict:
+    meta = {}
+    for k in META_KEYS:
+        v = res.meta[k]
+        meta[k] = float(v).hex() if isinstance(v, float) else int(v)
+    return {
+        "records": frame_hash(res.records),
+        "steps": frame_hash(res.steps),
+        "rows": [len(res.records), len(res.steps)],
+        "meta": meta,
+    }
+
+
+def test_golden_records_steps_and_meta(tiny_artifacts: Path) -> None:
+    golden = json.loads(GOLDEN.read_text())
+    got = {cid: thunk() for cid, thunk in cases(str(tiny_artifacts))}
+    assert sorted(got) == sorted(golden), "case list changed: regenerate golden.json on purpose"
+    bad = [cid for cid in golden if got[cid] != golden[cid]]
+    detail = {cid: {"got": got[cid], "golden": golden[cid]} for cid in bad[:3]}
+    assert not bad, f"{len(bad)} cases differ from golden.json, e.g. {json.dumps(detail)}"
+
+
+def test_golden_covers_preemptions_aborts_and_fast_forward() -> None:
+    golden = json.loads(GOLDEN.read_text())
+    tight = [v["meta"] for k, v in golden.items() if k.startswith("tight/")]
+    assert all(m["aborted"] > 0 for m in tight)
+    assert all(m["preemptions"] > 0 for m in tight)
+    assert any(m["policy_preemptions"] > 0 for m in tight)
+    assert any(m["fast_forward_steps"] > 0 for m in tight)
+    assert not math.isnan(float.fromhex(tight[0]["makespan_s"]))
+
+
+def write() -> None:
+    from tests.tiny_predictor import save_tiny_predictor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        art = save_tiny_predictor(  # the parameters of the tiny_artifacts fixture
+            Path(tmp),
+            with_prompts(synthetic_frame(1200, seed=11)),
+            length_trees=20,
+            drift_trees=15,
+            text_dim=8,
+        )
+        out = {cid: thunk() for cid, thunk in cases(str(art))}
+    GOLDEN.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {len(out)} cases to {GOLDEN}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        raise SystemExit("usage: python -m tests.scheduler.sim.test_golden --write")
+    write()
