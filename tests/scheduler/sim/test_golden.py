@@ -40,6 +40,7 @@ from scheduler.sim.cost import LinearCostModel
 from scheduler.sim.engine import SimEngine
 from scheduler.sim.synthetic import synthetic_frame
 from tests.scheduler.conftest import with_prompts
+from tests.tiny_predictor import DRIFT_MECHANISMS
 
 GOLDEN = Path(__file__).with_name("golden.json")
 SEEDS = (0, 1, 2)
@@ -98,14 +99,14 @@ def policies(art: str) -> dict[str, Callable[[], object]]:
         "sjf": lambda: SJFPolicy(art),
         "drift": lambda: DriftPolicy(
             art,
+            **{**DRIFT_MECHANISMS, "max_preemptions": 2},
             repredict_every=2,
             min_gain_tokens=8.0,
-            max_preemptions=2,
             max_preempt_per_step=2,
             recompute_cost_per_token=0.0,
         ),
         "drift_urgent": lambda: DriftPolicy(
-            art, urgent_preempt=True, slo_fraction=0.05, repredict_every=4
+            art, urgent_preempt=True, slo_fraction=0.05, repredict_every=4, **DRIFT_MECHANISMS
         ),
         "trail": lambda: TrailPolicy(art, rekey_every=4),
         "tie": lambda: TIEPolicy(art),

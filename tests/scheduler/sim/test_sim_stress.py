@@ -187,7 +187,14 @@ def no_overtaking(df: pd.DataFrame, rec: pd.DataFrame, key: np.ndarray, name: st
 
 def drift_urgency(df: pd.DataFrame, rec: pd.DataFrame, policy, name: str) -> None:
     """No non-urgent first admission while an urgent request waits; urgent ones EDF."""
-    ua = np.array([policy._urgent_after[t] for t in rec["tier"]])
+    # per request (its own TTFT SLO for an SLO tier); records are in workload (index) order
+    slo = df["slo_ttft_s"] if "slo_ttft_s" in df else [math.nan] * len(df)
+    ua = np.array(
+        [
+            policy._urgent_after(SimpleNamespace(tier=t, slo_ttft_s=v))
+            for t, v in zip(df["tier"], slo)
+        ]
+    )
     adm = rec["admitted_s"].to_numpy()
     arr = rec["arrival_s"].to_numpy()
     ok = ~np.isnan(adm)
@@ -270,7 +277,7 @@ def test_starvation_checkers_can_fail() -> None:
         no_overtaking(rec, rec, np.array([0.0, 1.0]), "mutant")
     no_overtaking(rec, rec, np.array([1.0, 0.0]), "ok")  # its key says 1 goes first
 
-    pol = SimpleNamespace(_urgent_after={t: 2.0 for t in TIERS})
+    pol = SimpleNamespace(_urgent_after=lambda r: 2.0)
 
     with pytest.raises(AssertionError, match="non-urgent"):
         drift_urgency(rec.assign(arrival_s=[0.0, 4.0]), rec.assign(arrival_s=[0.0, 4.0]), pol, "m")
