@@ -58,8 +58,24 @@ def policy_spec_for(name: str, predictor_dir: str) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     root = OmegaConf.create({"predictor_dir": str(Path(predictor_dir).resolve())})
-    root.policy = OmegaConf.load(path)
+    root.policy = _load_preset(name)
     return OmegaConf.to_container(root.policy, resolve=True)  # type: ignore[return-value]
+
+
+def _load_preset(name: str) -> Any:
+    """``conf/policy/<name>.yaml`` with the presets its defaults list names merged under it.
+    The ``/schema/...`` entry (``report.config_schema``) is skipped: knobs it does not set take
+    the class's defaults when the spec is instantiated, and unknown keys fail there."""
+    from omegaconf import OmegaConf
+
+    doc = OmegaConf.load(CONF_POLICY / f"{name}.yaml")
+    defaults = doc.pop("defaults", [])
+    base = OmegaConf.create({})
+    for entry in defaults:
+        if entry == "_self_" or str(entry).startswith("/schema/"):
+            continue
+        base = OmegaConf.merge(base, _load_preset(str(entry)))
+    return OmegaConf.merge(base, doc)
 
 
 def _has(args: list[str], *flags: str) -> bool:

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.reliability  # the campaign of docs/RELIABILITY.md
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["workload.n_requests=40", "logger=none", "engine.capacity_sample=40"]
-HERE = "tests.test_crash_safe"
+HERE = "tests.report.test_crash_safe"
 
 
 class ExplodingPolicy(FIFOPolicy):
@@ -64,6 +64,15 @@ def _env(tmp: Path) -> dict[str, str]:
         "WANDB_DIR": str(tmp),
         "PYTHONPATH": str(REPO),
     }
+
+
+def exploding_preset(tmp: Path) -> list[str]:
+    """Overrides selecting ``ExplodingPolicy`` through a preset of its own (a config dir on
+    Hydra's search path): a class with knobs the stock presets' schemas do not have."""
+    conf = tmp / "user_conf"
+    (conf / "policy").mkdir(parents=True, exist_ok=True)
+    (conf / "policy" / "exploding.yaml").write_text(f"_target_: {HERE}.ExplodingPolicy\nafter: 5\n")
+    return [f"hydra.searchpath=[file://{conf}]", "+policy=exploding"]
 
 
 def _evaluate(run_dir: Path, extra: list[str], tmp: Path) -> subprocess.CompletedProcess:
@@ -192,7 +201,7 @@ def test_policy_that_raises_fails_cleanly_and_compare_refuses(
     run = tmp_path / "runs" / "exploding"
     proc = _evaluate(
         run,
-        ["+policy=fifo", f"policy._target_={HERE}.ExplodingPolicy", "+policy.after=5"],
+        exploding_preset(tmp_path),
         tmp_path,
     )
     assert proc.returncode != 0

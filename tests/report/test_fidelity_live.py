@@ -131,9 +131,11 @@ def test_bad_policy_config_fails_before_the_engine_starts(tiny_cache, tmp_path, 
 
     opened = []
     monkeypatch.setattr(VllmEngine, "open", lambda self: opened.append(self) or self)
-    cfg = _evaluate_cfg(tmp_path, tiny_cache, "+policy=aging", "+policy.no_such_param=1")
-    with pytest.raises(Exception, match="no_such_param"):
-        jobs.evaluate(cfg, tmp_path)
+    with pytest.raises(Exception, match="no_such_param"):  # the policy schema rejects it
+        jobs.evaluate(
+            _evaluate_cfg(tmp_path, tiny_cache, "+policy=aging", "+policy.no_such_param=1"),
+            tmp_path,
+        )
     cfg = _evaluate_cfg(tmp_path, tiny_cache, "+policy=fifo", "engine.process_mode=threads")
     with pytest.raises(Exception, match="process_mode='threads'"):  # Hydra wraps the ValueError
         jobs.evaluate(cfg, tmp_path)

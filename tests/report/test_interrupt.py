@@ -28,11 +28,12 @@ from scheduler.faults import InjectedEngineFault
 from scheduler.policies.fifo import FIFOPolicy
 from scheduler.request import SchedRequest
 from tests import campaign
+from tests.report.test_crash_safe import exploding_preset
 
 pytestmark = pytest.mark.reliability  # the campaign of docs/RELIABILITY.md
 
 REPO = Path(__file__).resolve().parents[2]
-HERE = "tests.test_interrupt"
+HERE = "tests.report.test_interrupt"
 
 
 class SlowFifo(FIFOPolicy):
@@ -141,9 +142,8 @@ def test_multirun_sweep_runs_the_next_job_after_a_failing_one(tmp_path: Path) ->
             "workload.n_requests=40",
             "rate_rps=2.0",
             "logger=none",
-            "+policy=fifo",
-            "policy._target_=tests.test_crash_safe.ExplodingPolicy",
-            "+policy.after=20,100000",
+            *exploding_preset(tmp_path),
+            "policy.after=20,100000",
             f"hydra.sweep.dir={sweep}",
         ],
         cwd=REPO,

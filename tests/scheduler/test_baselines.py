@@ -381,6 +381,8 @@ def test_baseline_configs_build_the_policies(tiny_artifacts: Path) -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from report.jobs import compose
+
     root = Path(__file__).resolve().parents[2] / "conf" / "policy"
     expect = {
         "uniboost": UniBoostPolicy,
@@ -389,9 +391,8 @@ def test_baseline_configs_build_the_policies(tiny_artifacts: Path) -> None:
         "srpt_oracle": SRPTOraclePolicy,
     }
     for name, cls in expect.items():
-        cfg = OmegaConf.merge(
-            OmegaConf.create({"predictor_dir": str(tiny_artifacts), "engine": {"max_num_seqs": 8}}),
-            {"policy": OmegaConf.load(root / f"{name}.yaml")},
+        cfg = compose(
+            [f"+policy={name}", f"predictor_dir={tiny_artifacts}", "engine.max_num_seqs=8"]
         )
         pol = instantiate(cfg.policy)
         assert isinstance(pol, cls) and pol.name == name
