@@ -40,6 +40,7 @@ from scheduler.sim.cost import LinearCostModel
 from scheduler.sim.engine import SimEngine
 from scheduler.sim.synthetic import synthetic_frame
 from tests.scheduler.conftest import with_prompts
+from tests.scheduler.sim.test_sim_fast_forward import HorizonFIFO, OpaqueCost
 from tests.tiny_predictor import DRIFT_MECHANISMS
 
 GOLDEN = Path(__file__).with_name("golden.json")
@@ -56,31 +57,6 @@ META_KEYS = (
     "steps",
     "makespan_s",
 )
-
-
-class HorizonFIFO(FIFOPolicy):
-    """FIFO with a do-nothing step hook and a declared horizon (skipped hook calls)."""
-
-    uses_step_hook = True
-
-    def __init__(self, horizon: float) -> None:
-        self.horizon = horizon
-
-    def on_step(self, running, waiting, now) -> None:
-        pass
-
-    def fast_forward_horizon(self, running, waiting, now) -> float:
-        return self.horizon
-
-
-class OpaqueCost:
-    """A four-argument cost object that is not a LinearCostModel (called, never inlined)."""
-
-    def __init__(self) -> None:
-        self.inner = LinearCostModel(c0=0.013, c_token=2.1e-4, c_kv=3.3e-7, c_pair=1e-8)
-
-    def step_time(self, prefill_tokens, decode_seqs, kv_tokens, prefill_pairs=0.0):
-        return self.inner.step_time(prefill_tokens, decode_seqs, kv_tokens, prefill_pairs)
 
 
 def policies(art: str) -> dict[str, Callable[[], object]]:
