@@ -1,13 +1,15 @@
-"""``python -m report.ablations [--quick]``: each mechanism of ``drift`` on and off, and every
-baseline, on every workload of the generalisation suite -> docs/ABLATIONS.md.
+"""``python -m report.ablations [--quick]``: each mechanism of ``drift`` on and off, the memory
+victim rule on its own for the baselines, and the tail knob's frontier, on every workload of the
+generalisation suite -> docs/ABLATIONS.md.
 
 The jobs share the generalisation suite's run tree (``results_runs/generalisation/<plan>/``):
-the baselines' directories are the suite's own (reused when finished), the ``drift`` variants
-are extra arms beside them. A variant is ``+policy=drift`` with overrides (:data:`VARIANTS`);
-``drift-core`` is admission-time SJF on the learned predictor with everything else off, and each
-``+mechanism`` row adds one mechanism to it; ``drift`` is the shipped default (its
-mechanisms are the ones that paid here; the row names its settings). Deltas are paired
-per seed against ``drift-core`` (negative = lower mean E2E = better), 95% t-intervals.
+the baselines' directories are the suite's own (reused when finished); the ``drift`` variants,
+the victim arms and the tail-knob points are extra arms beside them. The reference is the
+shipped ``drift``: a mechanism that is on by default is switched off (``drift-victim``: vLLM's
+victim rule, i.e. learned SJF ordering alone), one that is off is switched on (``drift+...``).
+Deltas are paired per seed against ``drift`` (negative = lower mean E2E), 95% t-intervals.
+Ordering and victim choice are measured apart: ``<policy>+cost_aware`` is a baseline with its
+own order and the cost-aware victim rule instead of vLLM's.
 """
 
 from __future__ import annotations
@@ -37,14 +39,8 @@ from report.generalisation import (
 from report.jobs import Arm
 from report.results import REPO, _group_minutes, fmt_ci, get, md_table, rel
 
-# everything beyond admission-time ranking off (a starvation bound far beyond any run)
-CORE = (
-    "policy.recalibrate=false",
-    "policy.repredict_every=1000000000",
-    "policy.max_preemptions=0",
-    "policy.max_wait_s=1e9",
-    "policy.slo_tiers=[]",
-)
+REFERENCE = "drift"  # the shipped default: every delta is paired against it
+COST_AWARE = "+victim@policy.victim=cost_aware"
 
 
 @dataclass(frozen=True)
@@ -52,50 +48,57 @@ class Variant:
     label: str
     what: str  # one line for the document
     overrides: tuple[str, ...]
+    policy: str = "drift"
 
 
-# each mechanism's settings in the configuration that had every mechanism on (the earlier
-# default): a variant is CORE with one of them switched back on, explicitly
-ON: dict[str, tuple[str, ...]] = {
-    "recal": ("policy.recalibrate=true",),
-    "repredict": ("policy.repredict_every=32",),
-    "preempt": ("policy.max_preemptions=1",),
-    "guard": ("policy.max_wait_s=300.0", "policy.slo_tiers=[premium]"),
-}
-
-
-def _with(*keep_on: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """CORE with the named mechanisms switched on (``ON``)."""
-    keys = [o.split("=", 1)[0] for k in keep_on for o in ON[k]]
-    kept = tuple(o for o in CORE if o.split("=", 1)[0] not in keys)
-    return kept + tuple(o for k in keep_on for o in ON[k]) + extra
-
-
+# one mechanism switched relative to the shipped default (on if off by default, and vice versa)
 VARIANTS: tuple[Variant, ...] = (
-    Variant("drift-core", "admission-time ranking on the learned p50 only", CORE),
-    Variant("drift+recal", "+ online recalibration (per tenant/category)", _with("recal")),
-    Variant("drift+repredict", "+ re-prediction of running requests", _with("repredict")),
-    Variant("drift+preempt", "+ voluntary preemption (gain test)", _with("preempt")),
-    Variant("drift+guard", "+ starvation guard and premium SLO urgency", _with("guard")),
     Variant(
-        "drift-all",
-        "every mechanism on (the previous default)",
-        _with("recal", "repredict", "preempt", "guard"),
+        "drift-victim",
+        "vLLM's victim rule (largest order key) instead of the cost-aware one: learned SJF alone",
+        ("+victim@policy.victim=order_key",),
     ),
     Variant(
-        "drift+boost",
-        "+ learned gamma-Boost (boosted arrival time, gamma 0.001) instead of pure size order",
-        (*CORE, "policy.boost_gamma=0.001"),
+        "drift+reclassify",
+        "+ re-prediction on events (preempted, or past its predicted median)",
+        ("policy.reclassify={}",),
     ),
+    Variant(
+        "drift+preempt",
+        "+ voluntary preemption (gain test, once per request)",
+        ("policy.preemption={}",),
+    ),
+    Variant(
+        "drift+urgency",
+        "+ starvation guard (300 s) and premium SLO urgency",
+        ("policy.urgency={slo_tiers:[premium],max_wait_s:300.0}",),
+    ),
+    Variant(
+        "drift+recal", "+ online recalibration (per tenant/category)", ("policy.recalibrate=true",)
+    ),
+)
+
+# the tail knob (drift's boost_gamma): mean-optimal (null) to tail-safe (large); its frontier
+TAIL_GAMMAS = (0.03, 0.3, 3.0)
+TAIL_POINTS: tuple[Variant, ...] = tuple(
+    Variant(f"drift@gamma{g:g}", f"tail knob boost_gamma={g:g}", (f"policy.boost_gamma={g}",))
+    for g in TAIL_GAMMAS
+)
+
+# the victim rule alone, on baselines with their own order (vLLM's rule is their default)
+VICTIM_BASELINES = ("fifo", "sjf", "weighted_fair", "trail", "srpt_oracle", "oracle")
+VICTIM_ARMS: tuple[Variant, ...] = tuple(
+    Variant(f"{p}+cost_aware", f"`{p}` with the cost-aware victim rule", (COST_AWARE,), p)
+    for p in VICTIM_BASELINES
 )
 
 
 def variant_arms() -> list[Arm]:
-    return [Arm(v.label, "drift", v.overrides) for v in VARIANTS]
+    return [Arm(v.label, v.policy, v.overrides) for v in (*VARIANTS, *TAIL_POINTS, *VICTIM_ARMS)]
 
 
 def paired_delta(
-    runs: Mapping[int, Mapping[str, Path]], label: str, ref: str = "drift-core"
+    runs: Mapping[int, Mapping[str, Path]], label: str, ref: str = REFERENCE
 ) -> list[float]:
     """Relative mean-E2E change of ``label`` vs ``ref`` per seed (-0.05 = 5% lower)."""
     out = []
@@ -108,6 +111,15 @@ def paired_delta(
     return out
 
 
+def _row_labels(baselines: Sequence[str]) -> list[str]:
+    return [
+        REFERENCE,
+        *(v.label for v in (*VARIANTS, *TAIL_POINTS)),
+        *(b for b in baselines if b != REFERENCE),
+        *(v.label for v in VICTIM_ARMS),
+    ]
+
+
 def section(
     e: Entry, runs: Mapping[float, Mapping[int, Mapping[str, Path]]], baselines: Sequence[str]
 ) -> list[str]:
@@ -115,7 +127,7 @@ def section(
     for u, by_seed in runs.items():
         m = collect(by_seed)
         rows = []
-        for lab in [*(v.label for v in VARIANTS), "drift", *baselines]:
+        for lab in _row_labels(baselines):
             if lab not in m:
                 continue
             v = m[lab]
@@ -124,11 +136,13 @@ def section(
                 [
                     f"`{lab}`",
                     fmt_ci(v["mean E2E (s)"]),
-                    fmt_ci(delta, pct=True) if delta and lab != "drift-core" else "-",
+                    fmt_ci(delta, pct=True) if delta and lab != REFERENCE else "-",
                     fmt_ci(v["capture"]),
                     fmt_ci(v["P99 E2E (s)"]),
                     fmt_ci(v["p99_vs_fifo"]),
                     fmt_ci(v["premium TTFT P99 (s)"]),
+                    f"{max(v['max preemptions / request']):.0f}",
+                    fmt_ci(v["recompute tax"]),
                 ]
             )
         lines += [
@@ -138,11 +152,13 @@ def section(
                 [
                     "arm",
                     "mean E2E (s)",
-                    "vs drift-core",
+                    f"vs {REFERENCE}",
                     "capture",
                     "P99 E2E (s)",
                     "P99 / FIFO",
                     "premium TTFT P99 (s)",
+                    "max preemptions / request",
+                    "recompute tax",
                 ],
                 rows,
             ),
@@ -151,58 +167,168 @@ def section(
     return lines
 
 
-def mechanism_overview(
-    runs: Mapping[str, Mapping[float, Mapping[int, Mapping[str, Path]]]],
-) -> tuple[str, dict[str, Any]]:
-    """Mechanisms x (workload, load): mean paired change of mean E2E vs ``drift-core``."""
+Runs = Mapping[str, Mapping[float, Mapping[int, Mapping[str, Path]]]]
+
+
+def mechanism_overview(runs: Runs) -> tuple[str, dict[str, Any]]:
+    """Variants x (workload, load): mean paired change of mean E2E vs the shipped ``drift``;
+    then each baseline with the cost-aware victim vs the same baseline with vLLM's rule."""
     cols = [(e, u) for e, by_u in runs.items() for u in by_u]
     key: dict[str, Any] = {}
     rows = []
-    for v in [*VARIANTS[1:], Variant("drift", "the shipped default", ())]:
-        row = [f"`{v.label}`"]
+    pairs = [(v.label, REFERENCE) for v in (*VARIANTS, *TAIL_POINTS)]
+    pairs += [(v.label, v.policy) for v in VICTIM_ARMS]
+    for label, ref in pairs:
+        row = [f"`{label}` vs `{ref}`"]
+        ds = []
         for e, u in cols:
-            d = paired_delta(runs[e][u], v.label)
-            key[f"{v.label}|{e}|{u:g}"] = d
+            d = paired_delta(runs[e][u], label, ref)
+            key[f"{label}|{e}|{u:g}"] = d
             x = _mean(d) if d else math.nan
+            ds.append(x)
             row.append(f"{100 * x:+.1f}%" if math.isfinite(x) else "n/a")
+        avg = _mean(ds)
+        row.append(f"{100 * avg:+.1f}%" if math.isfinite(avg) else "n/a")
         rows.append(row)
-    return md_table(["arm", *[f"{e} @{u:g}" for e, u in cols]], rows), key
+    return md_table(["arm", *[f"{e} @{u:g}" for e, u in cols], "average"], rows), key
 
 
-def targets(
-    runs: Mapping[str, Mapping[float, Mapping[int, Mapping[str, Path]]]],
-    baselines: Sequence[str],
-) -> list[str]:
+def _cell_targets(m: Mapping[str, Mapping[str, list[float]]], non_oracle: Sequence[str]) -> list:
+    """One (workload, load) cell of the issue's targets table (see :func:`targets`)."""
+    best = min(
+        (b for b in non_oracle if b in m),
+        key=lambda b: _mean(m[b]["mean E2E (s)"]),
+        default=None,
+    )
+    d = _mean(m[REFERENCE]["mean E2E (s)"])
+    gap = d / _mean(m[best]["mean E2E (s)"]) - 1 if best else math.nan
+    vs_sjf = d / _mean(m["sjf"]["mean E2E (s)"]) - 1 if "sjf" in m else math.nan
+    p99 = _mean(m[REFERENCE]["p99_vs_fifo"])
+    maxpre = max(m[REFERENCE]["max preemptions / request"])
+    tax = _mean(m[REFERENCE]["recompute tax"])
+    before = "drift-victim" if "drift-victim" in m else "sjf"
+    tax0 = _mean(m[before]["recompute tax"]) if before in m else math.nan
+    ok = gap <= 0.02 and vs_sjf <= 0.01 and p99 <= 1.0 and maxpre <= 8 and tax <= tax0 / 2
+    return [
+        f"`{best}`",
+        f"{100 * gap:+.1f}%",
+        f"{100 * vs_sjf:+.1f}%",
+        f"{p99:.2f}",
+        f"{maxpre:.0f}",
+        f"{tax:.3f} / {tax0:.3f}",
+        "met" if ok else "**missed**",
+    ]
+
+
+def targets(runs: Runs, baselines: Sequence[str]) -> list[str]:
     """The issue's targets per (workload, load), computed: drift's mean E2E within 2% of the
-    best non-oracle policy, its P99 no worse than FIFO's, capture >= 0.6 on the unseen
-    workloads."""
+    best non-oracle policy and never more than 1% above learned SJF's, its P99 no worse than
+    FIFO's, no request preempted more than 8 times, and a recompute tax at most half that of
+    learned SJF under vLLM's victim rule (``drift-victim``, the previous default)."""
     rows = []
     non_oracle = [b for b in baselines if b not in ("fifo", "oracle", "srpt_oracle")]
+    vs_sjf = []
     for e, by_u in runs.items():
         for u, by_seed in by_u.items():
             m = collect(by_seed)
-            if "drift" not in m:
+            if REFERENCE not in m:
                 continue
-            best = min(
-                (b for b in non_oracle if b in m),
-                key=lambda b: _mean(m[b]["mean E2E (s)"]),
-                default=None,
-            )
-            d = _mean(m["drift"]["mean E2E (s)"])
-            gap = d / _mean(m[best]["mean E2E (s)"]) - 1 if best else math.nan
-            p99 = _mean(m["drift"]["p99_vs_fifo"])
-            cap = _mean(m["drift"]["capture"])
-            need_cap = e in ("unseen_prompts", "unseen_generators")
-            ok = gap <= 0.02 and p99 <= 1.0 and (cap >= 0.6 or not need_cap)
+            cell = _cell_targets(m, non_oracle)
+            vs_sjf.append(float(cell[2].rstrip("%")) / 100)
+            rows.append([e, f"{u:g}", *cell])
+    table = md_table(
+        [
+            "workload",
+            "load",
+            "best non-oracle",
+            "drift vs it (mean E2E)",
+            "drift vs sjf",
+            "drift P99 / FIFO",
+            "max preemptions / request",
+            "recompute tax: drift / drift-victim",
+            "targets",
+        ],
+        rows,
+    )
+    avg = _mean(vs_sjf)
+    return [
+        table,
+        "",
+        f"Averaged over the suite's cells, drift's mean E2E vs learned `sjf`: "
+        f"{100 * avg:+.1f}% (target: <= -5%).",
+    ]
+
+
+def frontier_figure(runs: Runs, baselines: Sequence[str], path: Path) -> None:
+    """Per workload and load, mean vs P99 E2E (means over seeds): the tail knob's curve (drift
+    from boost_gamma null to the largest) against every baseline's point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [(e, u) for e, by_u in runs.items() for u in by_u]
+    ncol = min(4, len(cells))
+    nrow = -(-len(cells) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3.4 * nrow), squeeze=False)
+    curve = [REFERENCE, *(v.label for v in TAIL_POINTS)]
+    for ax, (e, u) in zip(axes.flat, cells):
+        m = collect(runs[e][u])
+
+        def pt(lab: str, m: Mapping = m) -> tuple[float, float]:
+            return _mean(m[lab]["mean E2E (s)"]), _mean(m[lab]["P99 E2E (s)"])
+
+        xs = [pt(lab) for lab in curve if lab in m]
+        if xs:
+            ax.plot(*zip(*xs), "o-", color="tab:red", label="drift (tail knob)", zorder=3)
+        for b in baselines:
+            if b in m and b != REFERENCE:
+                x, y = pt(b)
+                ax.scatter(x, y, s=14, color="tab:gray", zorder=2)
+                ax.annotate(b, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{e} @{u:g}", fontsize=9)
+        ax.set_xlabel("mean E2E (s)", fontsize=7)
+        ax.set_ylabel("P99 E2E (s)", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(cells) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def frontier_dominance(runs: Runs, baselines: Sequence[str]) -> list[str]:
+    """Per cell: whether drift's P99 <= FIFO's, else whether some point of the tail knob's
+    curve is at least as good in mean and P99 as each baseline's point (which ones are not)."""
+    rows = []
+    curve = [REFERENCE, *(v.label for v in TAIL_POINTS)]
+    for e, by_u in runs.items():
+        for u, by_seed in by_u.items():
+            m = collect(by_seed)
+
+            def pt(lab: str, m: Mapping = m) -> tuple[float, float]:
+                return _mean(m[lab]["mean E2E (s)"]), _mean(m[lab]["P99 E2E (s)"])
+
+            pts = [pt(lab) for lab in curve if lab in m]
+            beaten = [
+                b
+                for b in baselines
+                if b in m
+                and b not in (REFERENCE, "oracle", "srpt_oracle")
+                and not any(x <= pt(b)[0] and y <= pt(b)[1] for x, y in pts)
+            ]
+            p99_ok = _mean(m[REFERENCE]["p99_vs_fifo"]) <= 1.0 if REFERENCE in m else False
             rows.append(
                 [
                     e,
                     f"{u:g}",
-                    f"`{best}`",
-                    f"{100 * gap:+.1f}%",
-                    f"{p99:.2f}",
-                    f"{cap:.2f}" + (" (target >= 0.6)" if need_cap else ""),
-                    "met" if ok else "**missed**",
+                    "yes" if p99_ok else "no",
+                    ", ".join(f"`{b}`" for b in beaten) or "none",
+                    "met" if p99_ok or not beaten else "**missed**",
                 ]
             )
     return [
@@ -210,11 +336,9 @@ def targets(
             [
                 "workload",
                 "load",
-                "best non-oracle",
-                "drift vs it (mean E2E)",
-                "drift P99 / FIFO",
-                "drift capture",
-                "targets",
+                "drift P99 <= FIFO's",
+                "non-oracle baselines no knob point dominates",
+                "target",
             ],
             rows,
         )
@@ -261,9 +385,18 @@ def write_document(
         if e.name in runs:
             sections += section(e, runs[e.name], baselines)
     variants = md_table(
-        ["arm", "what", "overrides of `+policy=drift`"],
-        [[f"`{v.label}`", v.what, " ".join(f"`{o}`" for o in v.overrides)] for v in VARIANTS],
+        ["arm", "what", "overrides"],
+        [
+            [
+                f"`{v.label}`",
+                v.what,
+                " ".join(f"`{o}`" for o in (f"+policy={v.policy}", *v.overrides)),
+            ]
+            for v in (*VARIANTS, *TAIL_POINTS, *VICTIM_ARMS)
+        ],
     )
+    fig = doc.parent / "figures" / f"{doc.stem.lower()}_frontier.png"
+    frontier_figure(runs, baselines, fig)
     cmd = "python -m report.ablations" + (" --quick" if plan.name == "quick" else "")
     head = [
         "# Ablations of `drift`, and the baselines, on the generalisation suite",
@@ -282,16 +415,27 @@ def write_document(
         "",
         variants,
         "",
-        "## Targets (issue: drift within 2% of the best non-oracle policy, P99 <= FIFO's, "
-        "capture >= 0.6 on unseen prompts/generators)",
+        "## Targets (issue 21)",
         "",
         *targets(runs, baselines),
         "",
         *low_load(low or {}),
         "",
-        "## Each mechanism: mean E2E change vs `drift-core`, paired per seed (mean over seeds)",
+        "## Each mechanism: mean E2E change, paired per seed (mean over seeds)",
+        "",
+        "Variants against the shipped `drift`; `<policy>+cost_aware` against the same policy "
+        "with vLLM's victim rule (what the victim choice alone buys).",
         "",
         overview,
+        "",
+        "## The tail knob: mean vs P99 E2E",
+        "",
+        f"drift's curve: `boost_gamma` null (the default), then {list(TAIL_GAMMAS)}; grey: "
+        "every baseline's point (means over seeds, log axes).",
+        "",
+        f"![frontier]({fig.relative_to(doc.parent).as_posix()})",
+        "",
+        *frontier_dominance(runs, baselines),
         "",
         "## Per workload",
         "",

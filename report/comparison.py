@@ -153,7 +153,9 @@ def run_summary(run: Run) -> dict[str, Any]:
         )
         if k in run.summary
     }
-    return summarize(run.records, slos_from_config(run.config), extra)
+    # the recompute counts are the engine's, not the records': carried over from summary.json
+    tokens = run.summary.get("preemptions", {})
+    return summarize(run.records, slos_from_config(run.config), extra, tokens=tokens)
 
 
 def summary_mismatches(

@@ -87,13 +87,25 @@ def parameters(cls: type) -> list[tuple[str, Any, Any]]:
     return out
 
 
-def schema(target: str) -> type:
-    """A dataclass with ``_target_`` and one field per knob of the class ``target`` names."""
+# Knobs every policy has beside its class's own: ``victim``, the memory-victim rule
+# (``scheduler.policies.victims``), a node with a ``_target_`` that ``report.jobs.build_policy``
+# instantiates and sets as ``policy.victim``; null keeps the class's default (vLLM's rule, the
+# order key, for every policy but drift). Select one with ``+victim@policy.victim=cost_aware``
+# (``conf/victim/``: cost_aware, least_computed, order_key).
+POLICY_KNOBS: tuple[tuple[str, Any, dataclasses.Field], ...] = (
+    ("victim", Any, dataclasses.field(default=None)),
+)
+
+
+def schema(target: str, extra: tuple[tuple[str, Any, dataclasses.Field], ...] = ()) -> type:
+    """A dataclass with ``_target_``, one field per knob of the class ``target`` names, and
+    the ``extra`` fields (:data:`POLICY_KNOBS` for policies)."""
     cls = pydoc.locate(target)
     if not isinstance(cls, type):
         raise ValueError(f"_target_ {target!r}: not an importable class")
     fields: list[tuple[str, Any, dataclasses.Field]] = [
-        ("_target_", str, dataclasses.field(default=target))
+        ("_target_", str, dataclasses.field(default=target)),
+        *extra,
     ]
     for name, annotation, default in parameters(cls):
         fields.append((name, _field_type(annotation), _default(default)))
@@ -128,5 +140,6 @@ def register(conf_dir: Path = CONF_DIR) -> None:
         for path in sorted((conf_dir / group).glob("*.yaml")):
             target = _target_of(path)
             if target is not None:
-                cs.store(group=f"schema/{group}", name=path.stem, node=schema(target))
+                extra = POLICY_KNOBS if group == "policy" else ()
+                cs.store(group=f"schema/{group}", name=path.stem, node=schema(target, extra))
     _REGISTERED = True

@@ -84,6 +84,8 @@ DISPLAY_METRICS = (
     ("P99 E2E (s)", ("latency", "e2e_s", "p99"), False),
     ("premium TTFT P99 (s)", ("per_tier", "premium", "latency", "ttft_s", "p99"), False),
     ("SLO attainment", ("slo", "attainment"), True),
+    ("max preemptions / request", ("preemptions", "max_per_request"), False),
+    ("recompute tax", ("preemptions", "recompute_tax"), False),
 )
 
 

@@ -115,13 +115,19 @@ def _in_hydra_app() -> bool:
 
 
 def build_policy(pcfg: DictConfig) -> Any:
-    """A fresh policy from its config node (``predictor_dir`` resolved from the launch dir)."""
+    """A fresh policy from its config node (``predictor_dir`` resolved from the launch dir);
+    its ``victim`` node (``report.config_schema.POLICY_KNOBS``) becomes ``policy.victim``."""
     from hydra.utils import instantiate
 
     kwargs = {}
     if "predictor_dir" in pcfg:
         kwargs["predictor_dir"] = str(resolve_path(pcfg.predictor_dir))
-    return instantiate(pcfg, **kwargs)
+    spec = OmegaConf.to_container(pcfg, resolve=True)  # (interpolations from the root)
+    victim = spec.pop("victim", None)  # type: ignore[union-attr]
+    policy = instantiate(spec, **kwargs)
+    if victim:  # null: the class's default rule (vLLM's for all but drift)
+        policy.victim = instantiate(victim)  # (victims.order_key: None, vLLM's rule)
+    return policy
 
 
 def container(node: Any) -> Any:
@@ -360,7 +366,10 @@ def run_policy(ctx: _JobContext, name: str, pcfg: DictConfig, policy: Any, out_d
                 close()  # the predictor guard's worker thread
         wall = time.perf_counter() - t0
         summary = summarize(
-            result.records, ctx.slos, _summary_extra(ctx, name, policy, result, wall)
+            result.records,
+            ctx.slos,
+            _summary_extra(ctx, name, policy, result, wall),
+            tokens=result.meta,
         )
         runs.write_outputs(out_dir, result, summary)  # summary.json last: marks the job finished
         marker.unlink(missing_ok=True)
@@ -376,6 +385,7 @@ def run_policy(ctx: _JobContext, name: str, pcfg: DictConfig, policy: Any, out_d
 
 def _summary_extra(ctx: _JobContext, name: str, policy: Any, result: Any, wall: float) -> dict:
     from scheduler.faults import predictor_health
+    from scheduler.policies.victims import describe_victim
 
     return {
         "policy": name,
@@ -390,7 +400,7 @@ def _summary_extra(ctx: _JobContext, name: str, policy: Any, result: Any, wall: 
         "distinct_prompts": ctx.distinct,
         "unseen_by": container(ctx.cfg.workload).get("unseen_by"),
         "sim_wall_s": wall,
-        "policy_params": policy.describe(),
+        "policy_params": {**policy.describe(), **describe_victim(policy.victim)},
         "predictor": predictor_health(policy) or result.meta.get("predictor"),
         "faults": ctx.faults.as_dict() if ctx.faults is not None else None,
         "client_faults": result.meta.get("client_faults"),

@@ -18,7 +18,8 @@ slo: {attainment: fraction of finished requests meeting both TTFT and E2E SLOs o
 throughput: {output_tokens_per_s, total_tokens_per_s, requests_per_s}
 fairness: {jain_tenants: Jain index of normalised service across tenants}
 starvation: {max_wait_s, max_wait_tier, p99_wait_s}
-preemptions: {total, policy, requests_preempted_frac, max_per_request}
+preemptions: {total, policy, requests_preempted_frac, max_per_request, recomputed_tokens,
+             computed_tokens, recompute_tax: recomputed / computed (NaN: no engine counts)}
 estimation: {n, mae, rmse, mae_final, rmse_final, misclass_rate, misclass_rate_final,
              reclassified_frac}  (the paper's estimation metrics; NaN without estimates)
 ```
@@ -191,12 +192,25 @@ def estimation_metrics(records: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def recompute_tax(recomputed_tokens: float, computed_tokens: float) -> float:
+    """Share of all computed tokens that preemptions threw away (vLLM RFC #54644's "recompute
+    tax": KV computed, evicted by recompute, computed again); NaN without a count."""
+    if not computed_tokens > 0:
+        return float("nan")
+    return float(recomputed_tokens) / float(computed_tokens)
+
+
 def summarize(
     records: pd.DataFrame,
     slos: Mapping[str, tuple[float, float]],
     extra: Mapping[str, Any] | None = None,
+    tokens: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every metric of a run under the stable keys documented in the module docstring."""
+    """Every metric of a run under the stable keys documented in the module docstring.
+    ``tokens``: the engine's ``recomputed_tokens`` and ``computed_tokens`` (its run meta)."""
+    tok = tokens or {}
+    recomputed = float(tok.get("recomputed_tokens", float("nan")))
+    computed = float(tok.get("computed_tokens", float("nan")))
     lat = request_latencies(records)
     flags = slo_flags(records, lat, slos)
     fin = records.loc[lat.index]
@@ -257,6 +271,9 @@ def summarize(
             "policy": int(records["n_policy_preemptions"].sum()),
             "requests_preempted_frac": float((pre > 0).mean()) if len(pre) else 0.0,
             "max_per_request": int(pre.max()) if len(pre) else 0,
+            "recomputed_tokens": recomputed,
+            "computed_tokens": computed,
+            "recompute_tax": recompute_tax(recomputed, computed),
         },
         "estimation": estimation_metrics(records),
     }

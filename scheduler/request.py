@@ -45,6 +45,10 @@ class SchedRequest:
     num_output_tokens: int = 0  # tokens generated so far (survives preemption by recompute)
     num_computed_tokens: int = 0  # prompt + output tokens whose KV is computed right now
     num_preemptions: int = 0
+    # num_output_tokens when last (re-)admitted: progress since then is what a victim rule's
+    # protection window counts (scheduler.policies.victims)
+    admit_output_tokens: int = 0
+    recomputed_tokens: int = 0  # computed KV tokens thrown away by preemptions (recompute tax)
     admitted_s: float = math.nan  # first time it was scheduled
     first_token_s: float = math.nan
     finish_s: float = math.nan

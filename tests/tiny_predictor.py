@@ -41,6 +41,19 @@ def save_tiny_predictor(
     return root
 
 
-# drift's mechanisms beyond admission ranking are off by default (docs/ABLATIONS.md); tests of
-# those mechanisms switch them on explicitly (these were the defaults before they were measured)
-DRIFT_MECHANISMS = {"max_preemptions": 1, "recalibrate": True, "slo_tiers": ("premium",)}
+# drift's mechanisms beyond admission ranking and its victim rule are config groups, off by
+# default (docs/ABLATIONS.md); tests of those mechanisms switch them on explicitly
+DRIFT_MECHANISMS = {
+    "reclassify": {},
+    "preemption": {"max_per_request": 1},
+    "urgency": {"slo_tiers": ("premium",)},
+    "recalibrate": True,
+}
+
+
+def drift_kwargs(**groups: dict | None) -> dict:
+    """DRIFT_MECHANISMS with some groups' fields replaced (None: the group off)."""
+    out = dict(DRIFT_MECHANISMS)
+    for name, fields in groups.items():
+        out[name] = None if fields is None else {**(out.get(name) or {}), **fields}
+    return out

@@ -228,8 +228,9 @@ class _DriftMixin:
             out.append(m)
         return out
 
-    def _drift_preempt(self, victims: list[SchedRequest]) -> set[str]:
-        done: set[str] = set()
+    def _drift_preempt(self, victims: list[SchedRequest]) -> dict[str, SchedRequest]:
+        """Voluntary preemptions (vLLM's own ``_preempt_request``): vLLM id -> mirror."""
+        done: dict[str, SchedRequest] = {}
         ts = time.monotonic()
         for m in victims:
             req = self._drift_req_of.get(id(m))
@@ -239,9 +240,34 @@ class _DriftMixin:
                 continue
             self.running.remove(req)
             self._preempt_request(req, ts, drop_stale_output=self.requires_kv_delivery)
-            self.drift.preempted(req.request_id, by_policy=True)
-            done.add(req.request_id)
+            if self.drift.preempted(req.request_id, by_policy=True) is not None:
+                done[req.request_id] = m
         return done
+
+    def _drift_victim_priorities(self, now: float) -> None:
+        """A policy with a victim rule of its own: running requests' priorities are their
+        victim keys (vLLM evicts the largest), every step (at most ``max_num_seqs``)."""
+        d = self.drift
+        live = d.mirrors
+        running = [r for r in self.running if r.request_id in live]
+        if running:
+            mirrors = [live[r.request_id] for r in running]
+            for r, m, k in zip(running, mirrors, d.victim_keys(mirrors, now)):
+                r.priority = _priority(m, k)
+
+    def _drift_requeue_preempted(self, mirrors: list[SchedRequest], now: float) -> None:
+        """Preempted requests re-entered vLLM's waiting heap with their victim priorities:
+        give them their order keys back (running and waiting keys are never compared)."""
+        reqs = [self._drift_req_of.get(id(m)) for m in mirrors]
+        pairs = [(r, m) for r, m in zip(reqs, mirrors) if r is not None]
+        if not pairs:
+            return
+        heaps = (self.waiting._heap, self.kv_holding_waiting._heap)
+        keys = self.drift.keys([m for _, m in pairs], now)
+        for (r, m), k in zip(pairs, keys):
+            old = r.priority
+            r.priority = _priority(m, k)
+            _requeue(heaps, r, lower=r.priority < old)
 
     def _drift_apply_keys(self, now: float) -> None:
         """Keys -> vLLM priorities, touching as little of vLLM's waiting heap as possible.
@@ -344,14 +370,20 @@ class _DriftMixin:
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         d = self.drift
         t_start, c_start = time.monotonic(), _cpu()
-        vol: set[str] = set()
+        vol: dict[str, SchedRequest] = {}
         waiting_by_tier = dict(d.waiting_by_tier)
+        custom_victim = d.custom_victim()
         if d.run is not None:
             running = self._drift_sync_running()
             victims = d.begin_step(running)
+            now = d.now()
             if victims:
                 vol = self._drift_preempt(victims)
-            self._drift_apply_keys(d.now())
+                if custom_victim:
+                    self._drift_requeue_preempted(list(vol.values()), now)
+            self._drift_apply_keys(now)
+            if custom_victim:
+                self._drift_victim_priorities(now)
         t_policy, c_policy = time.monotonic(), _cpu()
         out = super().schedule(*args, **kwargs)
         t_sched, c_sched = time.monotonic(), _cpu()
@@ -363,16 +395,23 @@ class _DriftMixin:
             d.admitted(admitted)
         t_adm, c_adm = time.monotonic(), _cpu()
         n_kv = 0
+        kv_victims: list[SchedRequest] = []
         for rid in out.preempted_req_ids:
             req = self.requests.get(rid)
             if req is None:
                 continue
-            if rid not in vol and d.preempted(rid, by_policy=False) is not None:
-                n_kv += 1  # vLLM preempted it under KV pressure
+            if rid not in vol:
+                m = d.preempted(rid, by_policy=False)
+                if m is not None:
+                    n_kv += 1  # vLLM preempted it under KV pressure
+                    kv_victims.append(m)
             m = d.mirrors.get(rid)
             if m is not None:
                 m.num_preemptions = req.num_preemptions
                 m.num_output_tokens = req.num_output_tokens
+        if kv_victims and custom_victim:
+            self._drift_requeue_preempted(kv_victims, d.now())
+        d.report_preempted([*vol.values(), *kv_victims])
         rec = StepRecord(
             step=d.step_no,
             t_start=t_start - d.run.t0,

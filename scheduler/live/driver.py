@@ -67,7 +67,11 @@ def instantiate_policy(spec: Mapping[str, Any] | str | None) -> Policy:
         )
     from hydra.utils import instantiate
 
-    policy = instantiate(dict(spec), _convert_="all")
+    spec = dict(spec)
+    victim = spec.pop("victim", None)  # the memory-victim rule (report.config_schema)
+    policy = instantiate(spec, _convert_="all")
+    if victim:
+        policy.victim = instantiate(victim)
     if not isinstance(policy, Policy):
         raise TypeError(
             f"policy spec {spec['_target_']!r} built a {type(policy).__name__}; "
@@ -448,6 +452,29 @@ class PolicyDriver:
             m.sched_key = k
         return ks
 
+    def custom_victim(self) -> bool:
+        """Whether the run's policy picks memory victims by a rule of its own (not its keys)."""
+        run = self.run
+        if run is None:
+            return False
+        p = run.policy
+        return p.victim is not None or type(p).victim_key is not Policy.victim_key
+
+    def victim_keys(self, mirrors: Sequence[SchedRequest], now: float) -> list[float]:
+        """Victim keys of running ``mirrors`` (larger: evicted first); the order keys (vLLM's
+        rule) if the policy's victim rule raises or gives NaN."""
+        run = self.run
+        assert run is not None
+        try:
+            ks = [float(run.policy.victim_key(m, now)) for m in mirrors]
+            if all(math.isfinite(k) for k in ks):
+                return ks
+            bad = next(m for m, k in zip(mirrors, ks) if not math.isfinite(k))
+            self._fault("victim_key", None, f"non-finite victim key for {bad.request_id!r}")
+        except Exception as exc:
+            self._fault("victim_key", exc)
+        return self.keys(mirrors, now)
+
     def take_changed(self) -> list[SchedRequest]:
         """Waiting mirrors whose key the policy changed (``incremental_keys`` policies)."""
         try:
@@ -464,6 +491,7 @@ class PolicyDriver:
             if m is None:
                 continue
             m.status = Status.RUNNING
+            m.admit_output_tokens = m.num_output_tokens
             if math.isnan(m.admitted_s):
                 m.admitted_s = now
             adm.append(m)
@@ -471,15 +499,24 @@ class PolicyDriver:
             self._safe("on_admit", lambda p: p.on_admit(adm, now))
 
     def preempted(self, internal_id: str, by_policy: bool) -> SchedRequest | None:
+        """Mark a preemption in the mirror (its KV, as synced at the step's start, is thrown
+        away); the caller reports the step's preemptions with :meth:`report_preempted`."""
         m = self.mirrors.get(internal_id)
         if m is None:
             return None
         m.status = Status.WAITING
+        m.recomputed_tokens += m.num_computed_tokens
         m.num_computed_tokens = 0
         if by_policy:
             m.n_policy_preemptions += 1
         self._to_waiting(internal_id, m)
         return m
+
+    def report_preempted(self, mirrors: Sequence[SchedRequest]) -> None:
+        """``on_preempt`` for this step's preemptions (memory and voluntary), batched."""
+        if mirrors and self.run is not None:
+            now = self.now()
+            self._safe("on_preempt", lambda p: p.on_preempt(mirrors, now))
 
     def _to_waiting(self, internal_id: str, m: SchedRequest) -> None:
         if internal_id not in self.waiting:
@@ -549,6 +586,7 @@ def sched_record(m: SchedRequest, prefix_caching: bool = False) -> dict[str, Any
         "admitted_s": m.admitted_s,
         "num_preemptions": m.num_preemptions,
         "n_policy_preemptions": m.n_policy_preemptions,
+        "recomputed_tokens": m.recomputed_tokens,
         "num_output_tokens": m.num_output_tokens,
         "est_output_tokens": m.est_output_tokens,
         "est_output_p90": m.est_output_p90,

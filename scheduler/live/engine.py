@@ -56,6 +56,7 @@ from scheduler.live.tiny_model import TinyModelSpec, ensure_tiny_model
 from scheduler.policies.base import Policy
 from scheduler.policies.fifo import FIFOPolicy
 from scheduler.records import build_records
+from scheduler.request import SchedRequest
 
 logger = logging.getLogger("driftsched.live")
 
@@ -249,6 +250,16 @@ def policy_spec(policy: Policy | Mapping[str, Any]) -> dict[str, Any]:
         if "_target_" not in policy:
             raise ValueError(f"policy spec {dict(policy)!r}: expected a '_target_' key")
         return dict(policy)
+    spec = _object_spec(policy)
+    if "victim" in vars(policy) and "victim" not in spec:  # a rule set on this object
+        v = policy.victim
+        spec["victim"] = (
+            {"_target_": "scheduler.policies.victims.order_key"} if v is None else v.spec()
+        )
+    return spec
+
+
+def _object_spec(policy: Policy) -> dict[str, Any]:
     cls = type(policy)
     target = f"{cls.__module__}.{cls.__qualname__}"
     for attr in ("spec", "_spec"):
@@ -647,6 +658,7 @@ class VllmEngine:
         if (sink / "sched_summary.json").is_file():
             summary = json.loads((sink / "sched_summary.json").read_text())
         meta = self._meta(prepared, raw_steps, summary, clamp.as_dict(), wall, run_id, name)
+        meta.update(recompute_counts(final, raw_steps))
         if not c.keep_sink and c.sink_dir is None:
             shutil.rmtree(sink, ignore_errors=True)
         return EngineResult(records=records, steps=steps_table(raw_steps), meta=meta)
@@ -904,3 +916,16 @@ def steps_table(raw: pd.DataFrame) -> pd.DataFrame:
     out["prefill_seqs"] = raw["prefill_seqs"].astype("int64")
     out["policy_preemptions"] = raw["num_policy_preempted"].astype("int64")
     return out
+
+
+def recompute_counts(final: list[SchedRequest], raw_steps: pd.DataFrame) -> dict[str, int]:
+    """The recompute tax's terms, as the simulator's meta has them: KV tokens thrown away by
+    preemptions (the mirrors' ``recomputed_tokens``, as synced at each preempting step's start)
+    and tokens computed in all (prefill chunks plus one per decode)."""
+    computed = 0
+    if len(raw_steps):
+        computed = int(raw_steps["prefill_tokens"].sum() + raw_steps["decode_seqs"].sum())
+    return {
+        "recomputed_tokens": int(sum(r.recomputed_tokens for r in final)),
+        "computed_tokens": computed,
+    }

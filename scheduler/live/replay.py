@@ -507,6 +507,7 @@ def merge_requests(prepared: list[Prepared], sched: dict[str, dict]) -> list[Sch
         r.admitted_s = float(s["admitted_s"])
         r.num_preemptions = int(s["num_preemptions"])
         r.n_policy_preemptions = int(s["n_policy_preemptions"])
+        r.recomputed_tokens = int(s.get("recomputed_tokens", 0))
         r.est_output_tokens = float(s["est_output_tokens"])
         r.est_output_p90 = float(s["est_output_p90"])
         r.est_remaining = float(s["est_remaining"])

@@ -10,7 +10,9 @@ the engine's. The contract both engines follow every step:
    (bounded preemption; default none);
 4. continue running requests first; admit waiting ones in ascending ``(key, arrival_s, index)``
    order within the token budget, ``max_num_seqs`` and KV blocks, calling ``on_admit``;
-5. when KV memory runs out, preempt the running request with the *largest* key (recompute).
+5. when KV memory runs out, preempt the running request with the *largest* ``victim_key``
+   (recompute; by default the order key, vLLM's priority rule) and report every preemption,
+   memory or voluntary, through ``on_preempt``.
 
 ``key`` must be cheap and deterministic. If ``dynamic_keys`` is False the key of a waiting
 request never changes after ``on_arrival`` (engines may keep a heap); if True engines re-rank the
@@ -27,6 +29,10 @@ Optional extensions (defaults keep the contract above; engines may ignore them):
 * ``prepare(requests)``: called once before serving with every request the engine will serve,
   so a policy can batch admission-time work (featurising prompts) over the whole trace. It may
   use admission-time fields only; a policy must also work without it (live arrivals).
+* ``victim`` (a :class:`scheduler.policies.victims.VictimRule`, set by the job layer from the
+  policy config's ``victim`` node): the memory-victim rule, separate from the admission order.
+  ``None`` (the default) keeps vLLM's rule (``victim_key`` = ``key``), so baselines stay
+  faithful; a policy may override ``victim_key`` itself.
 * ``fast_forward_horizon(running, waiting, now)``: for how many engine steps, counting the
   current one, the policy's decisions stay valid while nothing happens but decode progress
   (+1 token per running request per step) and time (no arrival, finish, admission or
@@ -42,11 +48,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
+from scheduler.policies.victims import VictimRule
 from scheduler.request import SchedRequest
 
 
 class Policy(ABC):
     name: ClassVar[str] = "base"
+    # the memory-victim rule (module doc); an instance's is set by report.jobs.build_policy
+    victim: VictimRule | None = None
     dynamic_keys: ClassVar[bool] = False
     # True when the policy overrides on_step (engines skip the call otherwise: it is per step)
     uses_step_hook: ClassVar[bool] = False
@@ -73,9 +82,22 @@ class Policy(ABC):
     def on_abort(self, requests: Sequence[SchedRequest], now: float) -> None:  # noqa: B027
         """Requests were aborted: drop any per-request state."""
 
+    def on_preempt(self, requests: Sequence[SchedRequest], now: float) -> None:  # noqa: B027
+        """The engine preempted these running requests (for memory, or because ``preempt``
+        asked; batched): their KV is dropped and they wait again (``status`` WAITING,
+        ``num_computed_tokens`` 0, ``num_preemptions`` counted). Engines call it for every
+        preemption, so a policy never infers one from the running set's size."""
+
     @abstractmethod
     def key(self, request: SchedRequest, now: float) -> float:
         """Ordering key: lower is served sooner; the largest running key is preempted first."""
+
+    def victim_key(self, request: SchedRequest, now: float) -> float:
+        """Memory-victim key of a running request: the largest ``(victim_key, arrival_s,
+        index)`` is preempted first when KV blocks run out. The ``victim`` rule's, else the
+        order key (vLLM's priority rule)."""
+        v = self.victim
+        return self.key(request, now) if v is None else v.victim_key(request, now)
 
     def preempt(
         self, running: Sequence[SchedRequest], waiting: Sequence[SchedRequest], now: float

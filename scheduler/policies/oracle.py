@@ -71,9 +71,10 @@ class OraclePolicy(Policy):
         self, running: Sequence[SchedRequest], waiting: Sequence[SchedRequest], now: float
     ) -> None:
         self._prev_step, self._now = self._now, now
-        for idx in [i for i, r in self._running.items() if r.status is not Status.RUNNING]:
-            r = self._running.pop(idx)
-            if r.status is Status.WAITING:  # preempted for memory: back in the queue
+
+    def on_preempt(self, requests: Sequence[SchedRequest], now: float) -> None:
+        for r in requests:
+            if self._running.pop(r.index, None) is not None:  # (not one of ours: see preempt)
                 heapq.heappush(self._waiting, (self.key(r, now), r.index, r))
 
     def on_finish(self, requests: Sequence[SchedRequest], now: float) -> None:

@@ -5,9 +5,9 @@ both engines, so that each baseline only says how it keys a request and when a s
 
 * a lazy min-heap of waiting requests keyed by ``sched_key`` (versioned: an entry is valid
   while the request waits with that key), whose head gives the preemption candidates;
-* the running set, reconciled in ``on_step`` with the engine's: requests the engine preempted
-  for memory leave ``running`` without a hook, so they are found when the sizes differ (O(1)
-  otherwise), re-keyed (``_requeue_key``) and reported through ``take_changed``;
+* the running set: requests the engine preempted for memory (``on_preempt``) are re-keyed
+  (``_requeue_key``) at the next ``on_step``, as re-entering the queue at that step, and
+  reported through ``take_changed``;
 * **re-keying of running requests in batches**, every ``rekey_every`` generated tokens of a
   reference running request (progress, not hook calls: the simulator's decode fast-forward
   skips hooks), after which the eligible victims are sorted once, largest key first. Between
@@ -79,6 +79,7 @@ class PreemptivePolicy(Policy):
         self._ver: dict[int, int] = {}
         self._enq_t: dict[int, float] = {}  # index -> time it (re-)entered the queue
         self._changed: list[SchedRequest] = []
+        self._preempted: list[SchedRequest] = []  # reported by on_preempt, requeued in on_step
         self._victims: list[SchedRequest] = []  # eligible running, largest key first
         self._ref: SchedRequest | None = None  # running request whose progress times re-keying
         self._ref_tokens = 0  # its generated tokens at the last re-keying
@@ -138,6 +139,7 @@ class PreemptivePolicy(Policy):
             self._wait.clear()
             self._victims = []
             self._changed.clear()
+            self._preempted.clear()
             self._ref = None
 
     def on_finish(self, requests: Sequence[SchedRequest], now: float) -> None:
@@ -146,9 +148,14 @@ class PreemptivePolicy(Policy):
     def on_abort(self, requests: Sequence[SchedRequest], now: float) -> None:
         self._forget(requests)
 
+    def on_preempt(self, requests: Sequence[SchedRequest], now: float) -> None:
+        self._preempted.extend(requests)  # (our own victims left _running in preempt)
+
     def _reconcile(self, running: Sequence[SchedRequest], now: float) -> None:
-        for r in [r for r in self._running.values() if r.status is Status.WAITING]:
-            self._requeue(r, now)  # preempted by the engine for memory
+        preempted, self._preempted = self._preempted, []
+        for r in preempted:
+            if r.index in self._running and r.status is Status.WAITING:
+                self._requeue(r, now)  # preempted by the engine for memory
         if len(self._running) != len(running):
             for r in running:  # running requests we never saw admitted (a live take-over)
                 if r.index not in self._running and r.index in self._reqs:
@@ -164,9 +171,9 @@ class PreemptivePolicy(Policy):
         self, running: Sequence[SchedRequest], waiting: Sequence[SchedRequest], now: float
     ) -> None:
         self._prev_step, self._now = self._now, now
-        # every other change of the running set comes through a hook, so the sets can only
-        # differ in size after a memory preemption: O(1) check instead of a scan per step
-        if len(self._running) != len(running):
+        # every change of the running set comes through a hook: O(1) unless something was
+        # preempted (or a live run was taken over)
+        if self._preempted or len(self._running) != len(running):
             self._reconcile(running, now)
         ref = self._ref
         if ref is not None and ref.status is not Status.RUNNING and running:
@@ -263,8 +270,8 @@ class PreemptivePolicy(Policy):
         """Decode progress alone changes no decision before the next re-keying: sched_keys are
         fixed in between and recompute costs only grow, and the candidates of ``preempt`` are
         the same requests (nothing arrives or ends inside a fast-forward window)."""
-        if len(self._running) != len(running):
-            return 1  # an engine preemption still to reconcile
+        if self._preempted or len(self._running) != len(running):
+            return 1  # an engine preemption still to requeue
         head = self._head()
         if head is not None and self._enq_t.get(head.index, math.inf) > self._prev_step:
             return 1  # the best waiting request becomes a preemption candidate next step

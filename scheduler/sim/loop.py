@@ -151,6 +151,10 @@ class Run:
         )
         self.sync_admit = pcls.on_admit is not Policy.on_admit
         self.sync_finish = pcls.on_finish is not Policy.on_finish
+        self.sync_preempt = pcls.on_preempt is not Policy.on_preempt
+        # the memory victim: the order key unless a victim rule (or an override) says otherwise
+        custom_victim = policy.victim is not None or pcls.victim_key is not Policy.victim_key
+        self.victim_key = policy.victim_key if custom_victim else policy.key
         self.sync_horizon = self.horizon is not None and (
             getattr(pcls, "fast_forward_horizon", None) is not Policy.fast_forward_horizon
         )
@@ -241,20 +245,25 @@ class Run:
                     if r.status is Status.WAITING:
                         self.queue.rekey(r, now)
         if self.uses_preempt and running:
+            evicted = []
             for r in policy.preempt(running, list(self.waiting.values()), now):
                 if r.status is Status.RUNNING:
                     running.remove(r)
                     r.n_policy_preemptions += 1
                     self.stats["policy_preemptions"] += 1
                     self.evict(r)
-                    n_pre += 1
+                    evicted.append(r)
                     self.agg.stretch = False
+            n_pre = len(evicted)
+            if evicted and self.sync_preempt:
+                policy.on_preempt(evicted, now)
         return n_pre
 
     def evict(self, r: SchedRequest) -> None:
         """Preemption by recompute: drop the KV, keep the generated tokens, wait again."""
         self.kv.release(r.index)
         self.stats["recomputed_tokens"] += r.num_computed_tokens
+        r.recomputed_tokens += r.num_computed_tokens
         r.num_computed_tokens = 0
         r.num_preemptions += 1
         self.stats["preemptions"] += 1
@@ -300,7 +309,7 @@ class Run:
         running, kv, held, bs = self.running, self.kv, self.kv.held, self.bs
         budget = self.max_budget
         scheduled: list[tuple[SchedRequest, int]] = []
-        n_mem_pre = 0
+        evicted: list[SchedRequest] = []
         i = 0
         while i < len(running):
             r = running[i]
@@ -311,8 +320,9 @@ class Run:
                 continue
             nb = -(-(r.num_computed_tokens + chunk) // bs) - held[r.index]
             if nb > kv.free:
-                i, budget, n, self_evicted = self.preempt_for_memory(r, nb, i, budget, scheduled)
-                n_mem_pre += n
+                i, budget, self_evicted = self.preempt_for_memory(
+                    r, nb, i, budget, scheduled, evicted
+                )
                 if self_evicted:
                     continue
             kv.free -= nb
@@ -320,7 +330,9 @@ class Run:
             budget -= chunk
             scheduled.append((r, chunk))
             i += 1
-        return scheduled, budget, n_mem_pre
+        if evicted and self.sync_preempt:
+            self.policy.on_preempt(evicted, self.now)
+        return scheduled, budget, len(evicted)
 
     def preempt_for_memory(
         self,
@@ -329,12 +341,13 @@ class Run:
         i: int,
         budget: int,
         scheduled: list[tuple[SchedRequest, int]],
-    ) -> tuple[int, int, int, bool]:
-        """Preempt running requests, worst key first, until ``nb`` blocks are free for ``r``
-        (at position ``i``) or ``r`` itself was preempted; a victim scheduled earlier this step
-        gives its tokens back. Returns (i, budget, preemptions, whether r was preempted)."""
-        running, key, now = self.running, self.policy.key, self.now
-        n = 0
+        evicted: list[SchedRequest],
+    ) -> tuple[int, int, bool]:
+        """Preempt running requests, largest victim key first, until ``nb`` blocks are free for
+        ``r`` (at position ``i``) or ``r`` itself was preempted; a victim scheduled earlier this
+        step gives its tokens back. Victims are appended to ``evicted``. Returns (i, budget,
+        whether r was preempted)."""
+        running, key, now = self.running, self.victim_key, self.now
         while nb > self.kv.free:
             victim = max(running, key=lambda q: (key(q, now), q.arrival_s, q.index))
             pos = running.index(victim)
@@ -347,10 +360,10 @@ class Run:
                         scheduled.pop(j)
                         break
             self.evict(victim)
-            n += 1
+            evicted.append(victim)
             if victim is r:
-                return i, budget, n, True
-        return i, budget, n, False
+                return i, budget, True
+        return i, budget, False
 
     # ------------------------------------------------------------------ 4. admission
     def ranked(self) -> Iterable[SchedRequest]:
@@ -380,6 +393,7 @@ class Run:
             if math.isnan(r.admitted_s):
                 r.admitted_s = self.now
             kv.assign(r.index, nb)
+            r.admit_output_tokens = r.num_output_tokens
             base[r.index] = g  # exact fields (a preempted request's base is stale)
             running.append(r)
             scheduled.append((r, chunk))

@@ -12,19 +12,21 @@ import report.generalisation as gen
 from tests.report.conftest import suite_args
 
 
-def test_variants_switch_exactly_one_mechanism_on() -> None:
-    core = set(abl.CORE)
-    by = {v.label: v for v in abl.VARIANTS}
-    for mech in ("recal", "repredict", "preempt", "guard"):
-        v = by[f"drift+{mech}"]
-        # CORE with exactly that mechanism's settings switched on
-        assert set(v.overrides) - core == set(abl.ON[mech])
-        assert {o.split("=")[0] for o in core - set(v.overrides)} == {
-            o.split("=")[0] for o in abl.ON[mech]
-        }
-    assert set(by["drift-all"].overrides) == {o for on in abl.ON.values() for o in on}
-    assert by["drift-core"].overrides == abl.CORE
-    assert set(by["drift+boost"].overrides) - core == {"policy.boost_gamma=0.001"}
+def test_variants_switch_exactly_one_mechanism_relative_to_the_shipped_default() -> None:
+    from report.jobs import compose
+
+    ref = compose(["+policy=drift"]).policy
+    for v in abl.VARIANTS:
+        cfg = compose([f"+policy={v.policy}", *v.overrides]).policy
+        changed = [k for k in cfg if cfg[k] != ref[k]]
+        assert len(changed) == 1, (v.label, changed)  # one knob (or group) differs
+    labels = {v.label for v in abl.VARIANTS}
+    assert "drift-victim" in labels  # the default-on victim rule is switched off once
+    for v in abl.VICTIM_ARMS:  # the victim rule alone: the baseline's own config otherwise
+        base = compose([f"+policy={v.policy}"]).policy
+        cfg = compose([f"+policy={v.policy}", *v.overrides]).policy
+        assert [k for k in cfg if cfg[k] != base[k]] == ["victim"]
+    assert [v.label for v in abl.TAIL_POINTS] == [f"drift@gamma{g:g}" for g in abl.TAIL_GAMMAS]
 
 
 def test_quick_ablations_write_the_document(
@@ -38,9 +40,19 @@ def test_quick_ablations_write_the_document(
     doc = tmp_path / "ABL.md"
     key = abl.main([*suite_args(tmp_path, suite_artifacts), "--doc", str(doc)])
     text = doc.read_text()
-    for part in ("## Arms", "## Targets", "Light load", "### memory_bound", "`drift-core`"):
+    for part in (
+        "## Arms",
+        "## Targets",
+        "Light load",
+        "### memory_bound",
+        "`drift-victim`",
+        "`sjf+cost_aware` vs `sjf`",
+        "## The tail knob",
+        "recompute tax",
+    ):
         assert part in text
-    # the core variant is its own reference; every other variant has one paired delta per seed
+    assert (doc.parent / "figures" / "abl_frontier.png").is_file()
+    # every variant and victim arm has one paired delta per seed
     assert len(key["drift+recal|memory_bound|1.1"]) == 1
-    d = key["drift|memory_bound|1.1"][0]
+    d = key["sjf+cost_aware|memory_bound|1.1"][0]
     assert d > -1 and d == d  # a finite relative change

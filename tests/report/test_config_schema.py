@@ -53,6 +53,7 @@ def test_unknown_and_mistyped_knobs_are_rejected() -> None:
 
 def test_a_knob_keeps_the_type_it_is_given() -> None:
     # numbers are untyped in the schema: an int stays an int (run configs compare equal)
-    cfg = compose(["+policy=drift", "policy.min_delta_tokens=16", "policy.risk=1"])
-    assert cfg.policy.min_delta_tokens == 16 and isinstance(cfg.policy.min_delta_tokens, int)
+    cfg = compose(["+policy=drift", "policy.reclassify={min_delta_tokens:16}", "policy.risk=1"])
+    n = cfg.policy.reclassify.min_delta_tokens
+    assert n == 16 and isinstance(n, int) and isinstance(cfg.policy.risk, int)
     assert cfg.policy.recalibrate is False  # the class default, defined once

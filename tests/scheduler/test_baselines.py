@@ -378,10 +378,9 @@ def test_horizons_let_the_simulator_skip_steps(tiny_artifacts: Path) -> None:
 
 
 def test_baseline_configs_build_the_policies(tiny_artifacts: Path) -> None:
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from report.jobs import compose
+    from report.jobs import build_policy, compose
 
     root = Path(__file__).resolve().parents[2] / "conf" / "policy"
     expect = {
@@ -394,7 +393,7 @@ def test_baseline_configs_build_the_policies(tiny_artifacts: Path) -> None:
         cfg = compose(
             [f"+policy={name}", f"predictor_dir={tiny_artifacts}", "engine.max_num_seqs=8"]
         )
-        pol = instantiate(cfg.policy)
+        pol = build_policy(cfg.policy)
         assert isinstance(pol, cls) and pol.name == name
         assert pol.describe()["policy"] == name
     evaluate = OmegaConf.load(root.parent / "evaluate.yaml")

@@ -13,6 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from report.jobs import build_policy
 from scheduler.policies.base import Policy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +64,7 @@ def test_every_policy_and_engine_config_composes(tiny_artifacts: Path) -> None:
                 config_name="evaluate",
                 overrides=[f"+policy={p}", f"predictor_dir={tiny_artifacts}"],
             )
-            policy = instantiate(cfg.policy)
+            policy = build_policy(cfg.policy)
             assert isinstance(policy, Policy) and p.startswith(policy.name)
         for e in ENGINES:
             cfg = compose(config_name="evaluate", overrides=[f"engine={e}"])

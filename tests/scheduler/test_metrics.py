@@ -13,6 +13,7 @@ from scheduler.metrics import (
     dist,
     estimation_metrics,
     jain_index,
+    recompute_tax,
     request_latencies,
     summarize,
 )
@@ -104,13 +105,19 @@ def test_summary_slo_goodput_throughput_fairness() -> None:
         "p99_wait_s": pytest.approx(dist([0.5, 0.0, 10.0])["p99"]),
     }
     assert s["per_tier"]["batch"]["max_wait_s"] == 10.0
-    assert s["preemptions"] == {
+    pre = dict(s["preemptions"])
+    assert all(math.isnan(pre.pop(k)) for k in ("recomputed_tokens", "computed_tokens"))
+    assert math.isnan(pre.pop("recompute_tax"))  # no engine counts given
+    assert pre == {
         "total": 3,
         "policy": 1,
         "requests_preempted_frac": 2 / 3,
         "max_per_request": 2,
     }
     assert s["latency"]["e2e_s"]["mean"] == pytest.approx(28 / 3)
+    counted = summarize(records(), SLOS, tokens={"recomputed_tokens": 30, "computed_tokens": 120})
+    assert counted["preemptions"]["recompute_tax"] == pytest.approx(0.25)
+    assert recompute_tax(0, 0) != recompute_tax(0, 0)  # NaN: nothing computed
 
 
 def test_estimation_metrics_by_hand() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from scheduler.sim.cost import LinearCostModel
 from scheduler.sim.engine import SimEngine
 from scheduler.sim.synthetic import synthetic_frame
 from tests.scheduler.conftest import with_prompts
-from tests.tiny_predictor import DRIFT_MECHANISMS
+from tests.tiny_predictor import DRIFT_MECHANISMS, drift_kwargs
 
 # constant step time: a request of T output tokens needs exactly T steps (1-token prompts)
 UNIT = LinearCostModel(c0=1.0, c_token=0.0, c_kv=0.0)
@@ -200,15 +202,42 @@ def test_drift_missing_artifacts_names_the_train_command(tmp_path: Path) -> None
         SJFPolicy(str(tmp_path / "nothing"))
 
 
-def test_drift_repredicts_running_requests(tiny_artifacts: Path) -> None:
+def test_drift_reclassifies_on_events_only(tiny_artifacts: Path) -> None:
     df = with_prompts(synthetic_frame(300, seed=8, rate_rps=30.0, output_median=120))
-    pol = DriftPolicy(str(tiny_artifacts), repredict_every=1, **DRIFT_MECHANISMS)
-    res = SimEngine(num_gpu_blocks=400, max_num_batched_tokens=512).run(df, pol)
-    rec = res.records
+    eng = SimEngine(num_gpu_blocks=400, max_num_batched_tokens=512)
+    pol = DriftPolicy(str(tiny_artifacts), **DRIFT_MECHANISMS)
+    rec = eng.run(df, pol).records
     assert (rec["status"] == "finished").all()
-    assert rec["n_estimates"].max() > 1  # running requests were re-predicted under contention
+    assert rec["n_estimates"].max() > 1  # requests were re-predicted
     assert (rec["num_preemptions"] >= rec["n_policy_preemptions"]).all()
-    assert rec["n_policy_preemptions"].max() <= pol.max_preemptions
+    assert rec["n_policy_preemptions"].max() <= pol.preemption.max_per_request
+    # every re-estimate happened at an event: a preemption, or progress past the previous
+    # estimate's median (its threshold), never on a clock
+    for r in eng_requests(eng, df, DriftPolicy(str(tiny_artifacts), **DRIFT_MECHANISMS)):
+        for (_, g0, total0), (_, g1, _) in itertools.pairwise(r.est_history):
+            past_median = g1 >= g0 + max(32, math.ceil(total0 - g0))
+            assert past_median or r.num_preemptions > 0, (r.index, r.est_history)
+    # without the group: the admission estimate only
+    off = eng.run(df, DriftPolicy(str(tiny_artifacts), **drift_kwargs(reclassify=None))).records
+    assert (off["n_estimates"] == 1).all()
+
+
+def eng_requests(eng: SimEngine, df: pd.DataFrame, policy: DriftPolicy) -> list:
+    """The engine's SchedRequests after a run (their estimate histories)."""
+    from scheduler.sim.loop import SimState
+
+    seen: dict[int, object] = {}
+
+    def observer(state: SimState) -> None:
+        for r in state.running:
+            seen[r.index] = r
+
+    eng.observer = observer
+    try:
+        eng.run(df, policy)
+    finally:
+        eng.observer = None
+    return list(seen.values())
 
 
 def test_drift_starvation_guard_bounds_the_wait_of_a_long_request(tiny_artifacts: Path) -> None:
@@ -224,18 +253,23 @@ def test_drift_starvation_guard_bounds_the_wait_of_a_long_request(tiny_artifacts
     eng = single_server()
 
     def long_wait(**kw) -> float:
-        r = eng.run(
-            df, DriftPolicy(str(tiny_artifacts), **{**DRIFT_MECHANISMS, "slo_tiers": [], **kw})
-        ).records
+        kwargs = (
+            drift_kwargs(preemption=None, urgency=kw)
+            if kw
+            else drift_kwargs(preemption=None, urgency=None)
+        )
+        r = eng.run(df, DriftPolicy(str(tiny_artifacts), **kwargs)).records
         row = r[r["output_tokens"] == 60].iloc[0]
         return float(row["admitted_s"] - row["arrival_s"])
 
-    assert long_wait(max_wait_s=1e9, max_preemptions=0) > 25.0
-    assert long_wait(max_wait_s=20.0, guard_fraction=0.5, max_preemptions=0) < 12.0
+    assert long_wait() > 25.0
+    assert long_wait(slo_tiers=[], max_wait_s=20.0, guard_fraction=0.5) < 12.0
 
 
 def test_drift_urgency_orders_by_deadline(tiny_artifacts: Path) -> None:
-    pol = DriftPolicy(str(tiny_artifacts), max_wait_s=10.0, guard_fraction=0.5, **DRIFT_MECHANISMS)
+    pol = DriftPolicy(
+        str(tiny_artifacts), **drift_kwargs(urgency={"max_wait_s": 10.0, "guard_fraction": 0.5})
+    )
     df = with_prompts(synthetic_frame(3, seed=1, rate_rps=1.0))
     from scheduler.engine import requests_from_frame
 
@@ -247,6 +281,45 @@ def test_drift_urgency_orders_by_deadline(tiny_artifacts: Path) -> None:
     assert len(changed) == 3
     keys = [pol.key(r, 0.0) for r in reqs]
     assert all(k < URGENT_OFFSET / 2 for k in keys) and keys == sorted(keys)
+    assert all(math.isfinite(k) for k in keys)
+
+
+def test_drift_slo_urgency_without_a_guard_gives_finite_earliest_deadline_keys(
+    tiny_artifacts: Path,
+) -> None:
+    # the drift_slo bug: with no starvation guard (max_wait_s null) an urgent premium request
+    # got URGENT_OFFSET + arrival + inf = +inf, the back of the queue
+    pol = DriftPolicy(str(tiny_artifacts), urgency={"slo_tiers": ["premium"], "slo_fraction": 0.25})
+    df = with_prompts(synthetic_frame(4, seed=1, rate_rps=1.0))
+    df["tier"] = "premium"
+    from scheduler.engine import requests_from_frame
+
+    reqs = requests_from_frame(df)
+    pol.prepare(reqs)
+    pol.on_arrival(reqs, now=reqs[-1].arrival_s)
+    pol.on_step([], reqs, now=reqs[-1].arrival_s + 1000.0)
+    keys = [pol.key(r, 0.0) for r in reqs]
+    assert all(math.isfinite(k) and k < URGENT_OFFSET / 2 for k in keys)
+    assert keys == sorted(keys)  # earliest urgency time (= arrival + 25% of the SLO) first
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"preemption": {"urgent": True}}, "urgent needs urgency"),
+        ({"urgency": {}}, "make nobody urgent"),
+        ({"urgency": {"slo_tiers": ["gold"]}}, "expected tiers"),
+        ({"reclassify": {"preempted": False, "overrun": False}}, "use null"),
+        ({"reclassify": {"every": 3}}, "unknown key"),
+        ({"preemption": {"max_per_request": 0}}, "must be >= 1"),
+        ({"tier_weight": {"gold": 2.0}}, "not in"),
+    ],
+)
+def test_drift_refuses_combinations_that_cannot_work(
+    tiny_artifacts: Path, kw: dict, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        DriftPolicy(str(tiny_artifacts), **kw)
 
 
 class _Broken:
@@ -267,7 +340,7 @@ class _Broken:
 def test_drift_falls_back_to_the_heuristic_when_the_predictor_fails(
     tiny_artifacts: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pol = DriftPolicy(str(tiny_artifacts), repredict_every=1)
+    pol = DriftPolicy(str(tiny_artifacts), reclassify={})
     pol.lengths.predictor = _Broken()
     df = synthetic_frame(150, seed=2, rate_rps=20.0)
     with caplog.at_level(logging.WARNING):
@@ -316,37 +389,39 @@ def test_weighted_fair_lazy_charging_matches_charging_every_step(seed: int) -> N
 
 
 class _ScanningDrift(DriftPolicy):
-    """The pre-optimisation algorithm: scan the running batch in every step, both for requests
-    preempted for memory (``on_step``) and for the voluntary victim (``preempt``)."""
+    """The unoptimised algorithm: scan the running batch in every step, both for requests past
+    their re-prediction threshold (``on_step``) and for the voluntary victim (``preempt``)."""
 
     def on_step(self, running, waiting, now) -> None:
-        for idx in [i for i, r in self._running.items() if r.status.value == "waiting"]:
-            self._push_waiting(self._running.pop(idx))
-        super().on_step(running, waiting, now)
+        self._prev_step, self._now = self._now, now
+        if self._promo:
+            self._promote(now)
+        if self.reclassify is not None and self.reclassify.overrun and running:
+            nu = self._next_update
+            self._repredict([r for r in running if r.num_output_tokens >= nu[r.index]], now)
+
+    def fast_forward_horizon(self, running, waiting, now) -> float:
+        return 1
 
     def preempt(self, running, waiting, now):
-        if not waiting or self.max_preemptions <= 0:
+        pre = self.preemption
+        if pre is None or not waiting:
             return []
         cand = self._best_waiting()
         if cand is None or cand.arrival_s > self._prev_step:
             return []
-        eligible = [
-            r
-            for r in running
-            if r.num_preemptions < self.max_preemptions and r.index not in self._urgent
-        ]
-        if not eligible:
-            return []
-        victims = sorted(eligible, key=lambda r: -r.sched_key)[: self.max_preempt_per_step]
+        eligible = [r for r in running if r.index in self._running and self._eligible(r)]
+        victims = sorted(eligible, key=lambda r: (-self._work[r.index], self._seq[r.index]))
         out = []
-        for v in victims:
+        cand_work = 0.0 if cand.index in self._urgent else max(self._work[cand.index], 0.0)
+        for v in victims[: pre.per_step]:
             cost = (
-                self.recompute_cost_per_token
+                pre.recompute_cost_per_token
                 * (v.prompt_tokens + v.num_output_tokens)
                 * len(running)
             )
-            if (self.urgent_preempt and cand.index in self._urgent) or (
-                v.sched_key - max(cand.sched_key, 0.0) > self.min_gain_tokens + cost
+            if (pre.urgent and cand.index in self._urgent) or (
+                self._work[v.index] - cand_work > pre.min_gain_tokens + cost
             ):
                 out.append(v)
         for v in out:
@@ -356,24 +431,34 @@ class _ScanningDrift(DriftPolicy):
 
 
 @pytest.mark.parametrize(
-    "seed,kw",
+    "seed,groups",
     [
-        (0, {"min_gain_tokens": 8.0}),
-        (1, {"max_preemptions": 2, "max_preempt_per_step": 2, "min_gain_tokens": 8.0}),
-        (2, {"urgent_preempt": True, "slo_fraction": 0.05, "repredict_every": 4}),
+        (0, {"preemption": {"min_gain_tokens": 8.0}}),
+        (1, {"preemption": {"max_per_request": 2, "per_step": 2, "min_gain_tokens": 8.0}}),
+        (2, {"preemption": {"urgent": True}, "urgency": {"slo_fraction": 0.05}}),
+        (
+            3,
+            {
+                "reclassify": {"preempted": False, "min_delta_tokens": 4},
+                "preemption": {"min_gain_tokens": 8.0},
+            },
+        ),
     ],
 )
-def test_drift_incremental_victims_match_scanning_every_step(
-    seed: int, kw: dict, tiny_artifacts: Path
+def test_drift_lazy_victims_and_overruns_match_scanning_every_step(
+    seed: int, groups: dict, tiny_artifacts: Path
 ) -> None:
     # KV pressure (memory preemptions) and voluntary preemptions: the lazy victim heap and the
-    # size check for memory-preempted requests must give exactly the scanning schedule
+    # lazily tracked overrun thresholds must give exactly the schedule of scanning every step
     df = with_prompts(synthetic_frame(300, seed=seed, rate_rps=30.0, output_median=120))
     eng = SimEngine(num_gpu_blocks=300, max_num_batched_tokens=512, max_num_seqs=32)
-    kw = {"recompute_cost_per_token": 0.0, **DRIFT_MECHANISMS, **kw}
+    groups.setdefault("preemption", {})
+    groups["preemption"] = {"recompute_cost_per_token": 0.0, **groups["preemption"]}
+    kw = drift_kwargs(**groups)
     fast = eng.run(df, DriftPolicy(str(tiny_artifacts), **kw)).records
     slow = eng.run(df, _ScanningDrift(str(tiny_artifacts), **kw)).records
     assert fast["n_policy_preemptions"].sum() > 0  # the voluntary path was exercised
     assert fast["num_preemptions"].sum() > fast["n_policy_preemptions"].sum()  # and memory
+    assert fast["n_estimates"].max() > 1  # and re-prediction
     for col in ("admitted_s", "first_token_s", "finish_s", "num_preemptions", "n_estimates"):
         pd.testing.assert_series_equal(fast[col], slow[col], check_names=False)

@@ -29,7 +29,7 @@ from scheduler.sim.cost import LinearCostModel
 from scheduler.sim.engine import SimEngine, SimState, partial_result
 from scheduler.sim.synthetic import synthetic_frame
 from tests.scheduler.conftest import with_prompts
-from tests.tiny_predictor import DRIFT_MECHANISMS
+from tests.tiny_predictor import drift_kwargs
 
 FF_STATS = ("fast_forward_windows", "fast_forward_steps", "aggregate_steps")
 
@@ -265,20 +265,27 @@ def test_column_wise_records_equal_the_shared_record_builder() -> None:
 
 @pytest.mark.parametrize("seed", range(3))
 def test_learned_hook_policies_are_exact(seed: int, tiny_artifacts: Path) -> None:
-    """drift calls on_step every step (horizon 1) and preempts: the aggregate single steps
-    between its hook calls must still be exact, with re-predictions and preemptions."""
+    """drift's hooks (re-predictions at overruns, preemptions, urgency) with its horizon (the
+    next possible overrun): the decode windows and aggregate steps between hook calls must be
+    exact."""
     from scheduler.policies.drift import DriftPolicy
 
     df, kw = random_case(seed)
     df = with_prompts(df, seed)
     makers = {
-        "drift": lambda: DriftPolicy(str(tiny_artifacts), repredict_every=4, **DRIFT_MECHANISMS),
+        "drift": lambda: DriftPolicy(
+            str(tiny_artifacts), **drift_kwargs(reclassify={"min_delta_tokens": 4})
+        ),
         "drift_preemptive": lambda: DriftPolicy(
             str(tiny_artifacts),
-            min_gain_tokens=0.0,
-            urgent_preempt=True,
-            max_wait_s=20.0,
-            **DRIFT_MECHANISMS,
+            **drift_kwargs(
+                preemption={"min_gain_tokens": 0.0, "urgent": True},
+                urgency={"max_wait_s": 20.0},
+            ),
+        ),
+        "drift_overruns_only": lambda: DriftPolicy(
+            str(tiny_artifacts),
+            **drift_kwargs(preemption=None, urgency=None, reclassify={"preempted": False}),
         ),
     }
     for make in makers.values():

@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from data.schema import TIERS
+from report.jobs import build_policy
 from scheduler.engine import requests_from_frame
 from scheduler.request import Status
 from scheduler.sim.engine import SimEngine, SimState
@@ -205,21 +205,21 @@ def drift_urgency(df: pd.DataFrame, rec: pd.DataFrame, policy, name: str) -> Non
         if late.any():
             COUNTS["drift_admissions_while_urgent_waited"] += 1
             assert urgent_at[y] <= t, f"{name}: non-urgent {y} admitted at {t} over {late}"
-            assert (arr[y] <= arr[late]).all(), f"{name}: urgent {y} not earliest deadline"
+            assert (urgent_at[y] <= urgent_at[late]).all(), f"{name}: urgent {y} not EDF"
         COUNTS["starvation_checks"] += 1
 
 
-def build_policy(name: str, artifacts: Path, rng: np.random.Generator):
+def make_policy(name: str, artifacts: Path, rng: np.random.Generator):
     overrides = [f"+policy={name}", f"predictor_dir={artifacts}"]
     if name.startswith("drift") and name != "driftsched":
-        # small bounds so the guard fires inside short runs
-        overrides += [f"policy.max_wait_s={float(rng.uniform(0.5, 20.0))}"]
-        overrides += [f"policy.repredict_every={int(rng.integers(1, 8))}"]
+        # small bounds so the guard fires inside short runs; re-predict often
+        overrides += [f"+policy.urgency.max_wait_s={float(rng.uniform(0.5, 20.0))}"]
+        overrides += [f"policy.reclassify={{min_delta_tokens:{int(rng.integers(1, 8))}}}"]
     if name == "aging":
         overrides += [f"policy.rate_per_s={float(rng.choice([0.01, 0.5, 5.0]))}"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="evaluate", overrides=overrides)
-    return instantiate(cfg.policy)
+    return build_policy(cfg.policy)
 
 
 @pytest.mark.parametrize("name", POLICIES)
@@ -229,7 +229,7 @@ def test_invariants_under_random_stress(name: str, artifacts: Path) -> None:
         rng = np.random.default_rng(seed)
         eng = random_engine(rng, step_checks)
         df = random_workload(rng, eng.num_gpu_blocks * eng.block_size)
-        policy = build_policy(name, artifacts, np.random.default_rng([seed, 1]))
+        policy = make_policy(name, artifacts, np.random.default_rng([seed, 1]))
         where = f"{name} seed={seed} mode={eng.mode}"
         res = eng.run(df, policy)
         record_checks(df, eng, res, where)
@@ -242,7 +242,7 @@ def test_invariants_under_random_stress(name: str, artifacts: Path) -> None:
             drift_urgency(df, res.records, policy, where)
         # determinism: the same workload and a fresh policy give identical records
         if run == 0:
-            again = eng.run(df, build_policy(name, artifacts, np.random.default_rng([seed, 1])))
+            again = eng.run(df, make_policy(name, artifacts, np.random.default_rng([seed, 1])))
             pd.testing.assert_frame_equal(res.records, again.records)
         COUNTS["workloads"] += 1
         COUNTS[f"workloads_{eng.mode}"] += 1
@@ -281,5 +281,5 @@ def test_starvation_checkers_can_fail() -> None:
 
     with pytest.raises(AssertionError, match="non-urgent"):
         drift_urgency(rec.assign(arrival_s=[0.0, 4.0]), rec.assign(arrival_s=[0.0, 4.0]), pol, "m")
-    with pytest.raises(AssertionError, match="earliest deadline"):
+    with pytest.raises(AssertionError, match="not EDF"):
         drift_urgency(rec, rec, pol, "mutant")  # both urgent at 5 s, but 1's deadline is later
