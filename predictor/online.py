@@ -90,6 +90,8 @@ class OnlineRecalibrator:
 # --------------------------------------------------------------------------------------------
 
 LEVELS: tuple[str, ...] = ("model", "tenant", "category")  # default levels, broadest last
+# what a level may be: a request column, or "prompt" (its near-duplicate prompt key)
+LEVEL_NAMES: tuple[str, ...] = ("model", "tenant", "category", "tier", "source", "prompt")
 _MIN_SIGMA, _MAX_SIGMA = 0.2, 2.0  # bounds of the residual spread (log units)
 
 
@@ -118,12 +120,15 @@ class OnlineLevels:
       ``max_count``, so an old level keeps tracking drift (an EMA of weight ~1 / max_count).
     * **Running requests** (``observe_running``): a request still running after ``g`` tokens
       says ``log(length) > log(g)``. Under the current predictive distribution
-      ``N(rho, sigma^2)`` of its log residual it is counted as a *provisional* completion at
-      ``E[r | r > c] = rho + sigma * mills((c - rho) / sigma)``, ``c = log(g / p50_raw)``:
-      the increments that completion would cause are kept per request, replaced at every
-      call, and withdrawn when the request completes (``update`` with its key) or is
-      forgotten. This is what corrects a new long-output generator before its first long
-      request finishes: completions alone see its short requests first.
+      ``N(rho, sigma^2)`` of its log residual it counts as a *provisional* completion at
+      ``E[r | r > c] = rho + sigma * mills((c - rho) / sigma)``, ``c = log(g / p50_raw)``.
+      Predictions read a shadow state: the completions' state plus every running request's
+      provisional completion, applied in order (so many running requests of a new generator
+      pool like completions would, instead of each adding a full step); it is rebuilt lazily
+      after any change. A request's censored state is replaced by each call and withdrawn
+      when it completes (``update`` with its key) or is forgotten. This corrects a new
+      long-output generator before its first long request finishes: completions alone see its
+      short requests first.
     * **Spread and p90**: ``sigma`` is an EMA of squared prequential residuals; the p90 is
       ``p90_raw * exp(correction + q)`` with ``q`` the adaptive-conformal offset of
       :class:`OnlineRecalibrator` (``target`` coverage), never below the corrected p50.
@@ -149,10 +154,9 @@ class OnlineLevels:
     count: list[dict[Hashable, float]] = field(default_factory=list, repr=False)
     sigma2: float = -1.0  # set from sigma0 in __post_init__
     q: float = 0.0
-    # running key -> (values, increments (global, *levels)); increments already in ``_prov``
+    # running key -> (level values, c = log(attained / p50_raw))
     running: OrderedDict = field(default_factory=OrderedDict, repr=False)
-    _prov0: float = 0.0
-    _prov: list[dict[Hashable, float]] = field(default_factory=list, repr=False)
+    _shadow: tuple | None = field(default=None, repr=False)  # (theta0, theta) with running
 
     def __post_init__(self) -> None:
         self.levels = tuple(self.levels)
@@ -160,8 +164,6 @@ class OnlineLevels:
         if not self.theta:
             self.theta = [{} for _ in range(k)]
             self.count = [{} for _ in range(k)]
-        if not self._prov:
-            self._prov = [{} for _ in range(k)]
         if self.sigma2 < 0:
             self.sigma2 = float(self.sigma0) ** 2
         if self.prior_count < 0 or self.max_count < 1 or not 0 < self.target < 1:
@@ -187,12 +189,14 @@ class OnlineLevels:
 
     def correction(self, values: Sequence[Hashable], provisional: bool = True) -> float:
         """Log correction of the p50 for one request's level values (completions, plus the
-        running requests' provisional increments unless ``provisional=False``)."""
-        rho = self.theta0 + (self._prov0 if provisional else 0.0)
+        running requests' provisional completions unless ``provisional=False``)."""
+        if provisional and self.running:
+            theta0, theta = self._shadow_state()
+        else:
+            theta0, theta = self.theta0, self.theta
+        rho = theta0
         for j, v in enumerate(values):
-            rho += self.theta[j].get(v, 0.0)
-            if provisional:
-                rho += self._prov[j].get(v, 0.0)
+            rho += theta[j].get(v, 0.0)
         return min(max(rho, -self.clip), self.clip)
 
     def adjust(self, values: Sequence[Sequence[Hashable]], raw: np.ndarray) -> np.ndarray:
@@ -215,19 +219,44 @@ class OnlineLevels:
         return out
 
     # --- observations ----------------------------------------------------------------------
-    def _increments(self, values: Sequence[Hashable], resid: float) -> list[float]:
-        """Sequential (global, then each level) running-mean steps for one observation of
-        log residual ``resid``: what each estimate would move by (not applied here)."""
-        cur = [self.theta[j].get(v, 0.0) for j, v in enumerate(values)]
-        total = self.theta0 + sum(cur)
-        e = resid - total  # prequential error of the current estimates
-        out = [e / (self.n0 + self.prior_count + 1.0)]
-        e -= out[0]
+    def _step(
+        self,
+        theta0: float,
+        n0: float,
+        theta: list[dict[Hashable, float]],
+        count: list[dict[Hashable, float]],
+        values: tuple,
+        resid: float,
+    ) -> tuple[float, float]:
+        """One backfitting step of an observation of log residual ``resid`` on the given
+        state (``theta``/``count`` updated in place); returns the new (theta0, n0)."""
+        c = self.clip
+        e = resid - theta0 - sum(theta[j].get(v, 0.0) for j, v in enumerate(values))
+        d0 = e / (n0 + self.prior_count + 1.0)
+        theta0 = min(max(theta0 + d0, -c), c)
+        e -= d0
         for j, v in enumerate(values):
-            step = e / (self.count[j].get(v, 0.0) + self.prior_count + 1.0)
-            out.append(step)
-            e -= step
-        return out
+            n = count[j].get(v, 0.0)
+            d = e / (n + self.prior_count + 1.0)
+            theta[j][v] = min(max(theta[j].get(v, 0.0) + d, -c), c)
+            count[j][v] = min(n + 1.0, self.max_count)
+            e -= d
+        return theta0, min(n0 + 1.0, self.max_count)
+
+    def _shadow_state(self) -> tuple[float, list[dict[Hashable, float]]]:
+        """(theta0, theta) of the completions plus every running request's provisional
+        completion at its expected censored residual (rebuilt only after a change)."""
+        if self._shadow is None:
+            theta0, n0 = self.theta0, self.n0
+            theta = [dict(t) for t in self.theta]
+            count = [dict(n) for n in self.count]
+            s = self.sigma
+            for v, cpoint in self.running.values():
+                rho = self.correction(v, provisional=False)
+                imputed = rho + s * _mills((cpoint - rho) / s)  # E[r | r > c] ~ N(rho, s^2)
+                theta0, n0 = self._step(theta0, n0, theta, count, v, imputed)
+            self._shadow = (theta0, theta)
+        return self._shadow
 
     def update_one(
         self,
@@ -251,12 +280,10 @@ class OnlineLevels:
         c = self.clip
         self.q = min(max(self.q + self.lr * (miss - (1.0 - self.target)), -c), c)
         self.sigma2 += self.sigma_weight * ((resid - rho) ** 2 - self.sigma2)
-        inc = self._increments(values, resid)
-        self.theta0 = min(max(self.theta0 + inc[0], -c), c)
-        self.n0 = min(self.n0 + 1.0, self.max_count)
-        for j, v in enumerate(values):
-            self.theta[j][v] = min(max(self.theta[j].get(v, 0.0) + inc[j + 1], -c), c)
-            self.count[j][v] = min(self.count[j].get(v, 0.0) + 1.0, self.max_count)
+        self.theta0, self.n0 = self._step(
+            self.theta0, self.n0, self.theta, self.count, values, resid
+        )
+        self._shadow = None
 
     def update(
         self,
@@ -285,8 +312,8 @@ class OnlineLevels:
         raw: np.ndarray,
     ) -> None:
         """Running requests ``keys`` have generated ``attained`` tokens (censored: their
-        length exceeds it). Replaces each key's previous provisional increments; 0 tokens
-        is no news (any earlier state of that key is kept)."""
+        length exceeds it). Replaces each key's previous censored state; 0 tokens is no news
+        (any earlier state of that key is kept)."""
         if not self.censored:
             return
         a = np.asarray(attained, dtype=np.float64).reshape(-1)
@@ -296,41 +323,23 @@ class OnlineLevels:
                 f"{len(keys)} keys, {len(values)} level tuples, {a.size} attained counts and "
                 f"{p.shape[0]} predictions: lengths must match"
             )
-        s = self.sigma
         for k, v, g, p50 in zip(keys, values, a.tolist(), p[:, 0].tolist()):
             if g <= 0:
                 continue
-            self._withdraw(k)
-            v = tuple(v)
-            rho = self.correction(v, provisional=False)
-            c = math.log(g / p50)
-            imputed = rho + s * _mills((c - rho) / s)  # E[r | r > c] under N(rho, s^2)
-            inc = self._increments(v, imputed)
-            self._apply_prov(v, inc, 1.0)
-            self.running[k] = (v, inc)
+            self.running.pop(k, None)
+            self.running[k] = (tuple(v), math.log(g / p50))
+            self._shadow = None
         while len(self.running) > self.max_running:
-            _, (v, inc) = self.running.popitem(last=False)
-            self._apply_prov(v, inc, -1.0)
+            self.running.popitem(last=False)
 
     def forget_running(self, keys: Sequence[Hashable]) -> None:
-        """Requests that left without finishing: their provisional increments are withdrawn."""
+        """Requests that left without finishing: their censored states are withdrawn."""
         for k in keys:
             self._withdraw(k)
 
     def _withdraw(self, key: Hashable) -> None:
-        old = self.running.pop(key, None)
-        if old is not None:
-            self._apply_prov(old[0], old[1], -1.0)
-
-    def _apply_prov(self, values: tuple, inc: list[float], sign: float) -> None:
-        self._prov0 += sign * inc[0]
-        for j, v in enumerate(values):
-            d = self._prov[j]
-            x = d.get(v, 0.0) + sign * inc[j + 1]
-            if abs(x) < 1e-12 and sign < 0:
-                d.pop(v, None)  # bounded memory: values with no running request left
-            else:
-                d[v] = x
+        if self.running.pop(key, None) is not None:
+            self._shadow = None
 
     def describe(self) -> dict[str, object]:
         """Level sizes and the global state (for logs and run metadata)."""
