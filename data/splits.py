@@ -167,14 +167,35 @@ def time_split(
     )
 
 
-SPLIT_KINDS = ("grouped", "time", "leave_one_source_out", "leave_one_model_out")
+SPLIT_KINDS = ("grouped", "time", "leave_one_source_out", "leave_one_model_out", "leave_out")
+
+
+def _held_rows(df: pd.DataFrame, col: str, held: Any) -> np.ndarray:
+    """Rows whose ``col`` is one of ``held`` (a name or a list); every name must occur."""
+    if col not in df.columns:
+        raise ValueError(
+            f"data.split.held_out: column {col!r} not in the table (columns: {list(df.columns)})"
+        )
+    names = [held] if isinstance(held, str) else [str(h) for h in held]
+    values = df[col].astype("string")
+    is_held = values.isin(names).fillna(False).to_numpy(dtype=bool)
+    missing = sorted(set(names) - set(values[is_held].unique()))
+    if missing:
+        known = sorted(values.dropna().unique())
+        raise ValueError(
+            f"data.split.held_out: {col}(s) {missing} not in the table; expected names from "
+            f"{known[:20]}{' ...' if len(known) > 20 else ''}"
+        )
+    return is_held
 
 
 def split_by_config(df: pd.DataFrame, cfg: Any) -> Split:
     """Train/val/test as a ``data.split`` config node says (``conf/data/default.yaml``).
 
     ``kind``: ``grouped`` (by prompt, ``fractions`` and ``seed``), ``time`` (chronological),
-    ``leave_one_source_out`` / ``leave_one_model_out`` with ``held_out`` (one name or a list).
+    ``leave_one_source_out`` / ``leave_one_model_out`` with ``held_out`` (one name or a list),
+    ``leave_out`` with ``held_out`` a mapping column -> names (a row is held out when any
+    column matches: e.g. a prompt source, a CASTILLO ``dataset`` and a generator family at once).
 
     Leave-one-out kinds keep the prompt-grouped partitions of the grouped split: train and
     validation are the grouped train and validation rows of the *other* sources/models; test is
@@ -193,23 +214,24 @@ def split_by_config(df: pd.DataFrame, cfg: Any) -> Split:
         return time_split(df, fractions)
     if kind not in SPLIT_KINDS:
         raise ValueError(f"unknown data.split.kind {kind!r}; expected one of {list(SPLIT_KINDS)}")
-    col = "source" if kind == "leave_one_source_out" else "model"
     held = d.get("held_out")
-    if held is None or (not isinstance(held, str) and len(held) == 0):
-        raise ValueError(
-            f"data.split.kind={kind} needs data.split.held_out (the {col} or list of {col}s "
-            "to hold out)"
-        )
-    names = [held] if isinstance(held, str) else [str(h) for h in held]
-    values = df[col].astype("string")
-    is_held = values.isin(names).fillna(False).to_numpy(dtype=bool)
-    missing = sorted(set(names) - set(values[is_held].unique()))
-    if missing:
-        known = sorted(values.dropna().unique())
-        raise ValueError(
-            f"data.split.held_out: {col}(s) {missing} not in the table; expected names from "
-            f"{known[:20]}{' ...' if len(known) > 20 else ''}"
-        )
+    if kind == "leave_out":
+        if not isinstance(held, dict) or not held:
+            raise ValueError(
+                "data.split.kind=leave_out needs data.split.held_out as a mapping column -> "
+                "value or list of values (e.g. {source: [sharegpt], model: [m1, m2]})"
+            )
+        is_held = np.zeros(len(df), dtype=bool)
+        for col, names in held.items():
+            is_held |= _held_rows(df, str(col), names)
+    else:
+        col = "source" if kind == "leave_one_source_out" else "model"
+        if held is None or (not isinstance(held, str) and len(held) == 0):
+            raise ValueError(
+                f"data.split.kind={kind} needs data.split.held_out (the {col} or list of "
+                f"{col}s to hold out)"
+            )
+        is_held = _held_rows(df, col, held)
     part = assign_groups(df, fractions, seed)
     train = ~is_held & (part == 0)
     val = ~is_held & (part == 1)
@@ -218,7 +240,7 @@ def split_by_config(df: pd.DataFrame, cfg: Any) -> Split:
     test = is_held & ~g.isin(seen).to_numpy(dtype=bool)
     if not test.any():
         raise ValueError(
-            f"data.split.held_out {names}: every held-out row shares a prompt with train/val; "
+            f"data.split.held_out {held}: every held-out row shares a prompt with train/val; "
             "nothing is left to test on"
         )
     return Split(*(df.loc[m].reset_index(drop=True) for m in (train, val, test)))

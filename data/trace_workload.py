@@ -149,15 +149,16 @@ def build_trace_workload(spec: TraceSpec, seed: int = 0) -> Workload:
         df = df.iloc[: spec.n_requests].reset_index(drop=True)
     df = _tiers(df, spec, where, reports)
     if spec.unseen_by:
-        from data.holdout import prompt_keys, resolve_seen
+        from data.holdout import resolve_seen, seen_filter_reason
 
         seen = resolve_seen(spec.unseen_by, reports)
         if seen is not None:
-            df, rep = filter_rows(
+            keep, why = seen_filter_reason(
+                seen,
                 df,
-                ~seen.contains(prompt_keys(df)),
                 f"{where}: prompts the predictor never trained on (unseen_by={spec.unseen_by})",
             )
+            df, rep = filter_rows(df, keep, why)
             reports.append(str(rep))
             if df.empty:
                 raise ValueError(

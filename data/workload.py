@@ -693,14 +693,15 @@ def _pool(
     if rep.removed:
         reports.append(str(rep))
     if seen is not None and not df.empty:
-        from data.holdout import prompt_keys
+        from data.holdout import seen_filter_reason
 
-        df, rep = filter_rows(
+        keep, why = seen_filter_reason(
+            seen,
             df,
-            ~seen.contains(prompt_keys(df)),
             f"{item.source}: prompts the predictor never trained or validated on "
             f"(unseen_by={unseen_by})",
         )
+        df, rep = filter_rows(df, keep, why)
         reports.append(str(rep))
     if df.empty:
         raise ValueError(f"mix item {item.source!r}: no rows left after filtering ({rep})")

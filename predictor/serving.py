@@ -76,9 +76,13 @@ def load_length_artifact(directory: str | Path) -> Any:
         from predictor.transformer import TransformerLength
 
         return TransformerLength.load(directory)
+    if kind == "factorised_length":
+        from predictor.factorised import FactorisedLength
+
+        return FactorisedLength.load(directory)
     raise ArtifactError(
         f"{directory}: kind {kind!r} is not a servable length model; expected "
-        "'lgbm_length' or 'torch_length'"
+        "'lgbm_length', 'torch_length' or 'factorised_length'"
     )
 
 

@@ -14,6 +14,12 @@ learned policy runs with ``train_overlap`` 0 (``data.holdout``): the suite refus
 
 Headroom capture = (E2E_fifo - E2E_policy) / (E2E_fifo - E2E_oracle), mean E2E, per seed with
 that seed's FIFO and oracle runs; intervals are 95% t-intervals over seeds.
+
+Every workload section also reports the learned policies' predictor on that workload's
+requests (the first seed's): Kendall tau (pooled and within a generator) and MAE of the
+admission p50, cold (the artifact alone) and prequential online (``predictor.prequential``:
+``OnlineLevels`` learning from completions and running requests in arrival order), so a
+scheduling number can be read next to how well the lengths were known.
 """
 
 from __future__ import annotations
@@ -53,6 +59,9 @@ SUITE: tuple[Entry, ...] = (
     Entry("bursty", "bursty"),
     Entry("heavy_tail", "heavy_tail"),
     Entry("memory_bound", "memory_bound", "sim_memory_bound"),
+    Entry("cross_shift", "cross_shift"),
+    Entry("long_generators", "long_generators"),
+    Entry("mixed_generators", "mixed_generators"),
 )
 
 
@@ -182,6 +191,72 @@ def run_suite(
     return runs
 
 
+def predictor_scores(
+    e: Entry, plan: SuitePlan, root: Path, over: Sequence[str] = ()
+) -> dict[str, Any] | None:
+    """Cold and online predictor metrics on the entry's workload (first seed), cached in
+    ``root/<entry>/predictor_seed<seed>.json``; None where the predictor is not trained."""
+    from data.presets import workload_from_config
+    from predictor.prequential import evaluate_frame
+    from predictor.score import load_length_model
+
+    seed = min(plan.seeds)
+    path = root / e.name / f"predictor_seed{seed}.json"
+    cfg = compose(
+        [
+            f"workload={e.workload}",
+            f"engine={e.engine}",
+            f"seed={seed}",
+            f"workload.n_requests={plan.n_requests}",
+            *over,
+        ]
+    )
+    d = Path(str(cfg.predictor_dir))
+    d = d if d.is_absolute() else REPO / d
+    if not ((d / "length" / "meta.json").is_file() or (d / "meta.json").is_file()):
+        return None
+    meta = (d / "length" / "meta.json") if (d / "length").is_dir() else d / "meta.json"
+    stamp = json.loads(meta.read_text()).get("created_utc")
+    if path.is_file():
+        hit = json.loads(path.read_text())
+        if hit.get("artifact_created_utc") == stamp and hit.get("n") == plan.n_requests:
+            return hit
+    wl = workload_from_config(cfg.workload, seed=seed)
+    out = evaluate_frame(load_length_model(d), wl.requests)
+    out.update(predictor_dir=rel(d), artifact_created_utc=stamp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, default=float))
+    return out
+
+
+PREDICTOR_COLUMNS = (
+    ("tau", "kendall_tau"),
+    ("tau within generator", "tau_within_generator"),
+    ("MAE (tokens)", "mae"),
+    ("MAE after 10%", "mae_after_warmup"),
+    ("p90 coverage", "p90_coverage"),
+)
+
+
+def predictor_table(scored: Mapping[str, Mapping[str, Any] | None]) -> str:
+    """Workloads x (cold, online) predictor metrics (markdown)."""
+    header = ["workload", "n"]
+    for lab, _ in PREDICTOR_COLUMNS:
+        header += [f"{lab} cold", f"{lab} online"]
+    rows = []
+    for name, sc in scored.items():
+        if sc is None:
+            rows.append([name, "-", *["not trained"] * (2 * len(PREDICTOR_COLUMNS))])
+            continue
+        row = [name, f"{sc['n']:,}"]
+        for _, key in PREDICTOR_COLUMNS:
+            for mode in ("cold", "online"):
+                v = sc[mode].get(key, math.nan)
+                row.append(f"{v:.3g}" if isinstance(v, float) and math.isfinite(v) else "n/a")
+        rows.append(row)
+    return md_table(header, rows)
+
+
 def _summary(d: Path) -> dict[str, Any]:
     return json.loads((d / "summary.json").read_text())
 
@@ -219,7 +294,10 @@ def _mean(v: Sequence[float]) -> float:
 
 
 def entry_section(
-    e: Entry, runs: Mapping[float, Mapping[int, Mapping[str, Path]]], plan: SuitePlan
+    e: Entry,
+    runs: Mapping[float, Mapping[int, Mapping[str, Path]]],
+    plan: SuitePlan,
+    scored: Mapping[str, Any] | None = None,
 ) -> tuple[list[str], dict[float, dict[str, dict[str, list[float]]]]]:
     lines = [f"### {e.name}", "", workload_header(e.workload), ""]
     pred = preset_predictor(e)
@@ -233,6 +311,17 @@ def entry_section(
         f"prompts (seed {min(plan.seeds)}); runs under `{rel(next(iter(first.values())).parents[2])}`."
     )
     lines.append("")
+    if scored is not None:
+        c, o = scored["cold"], scored["online"]
+        lines += [
+            f"Predictor on these requests (seed {min(plan.seeds)}, {scored['n']:,} requests): "
+            f"Kendall tau {c['kendall_tau']:.3f} cold / {o['kendall_tau']:.3f} online "
+            f"(within a generator {c['tau_within_generator']:.3f} / "
+            f"{o['tau_within_generator']:.3f}), MAE {c['mae']:.0f} / {o['mae']:.0f} tokens "
+            f"(after the first 10%: {c['mae_after_warmup']:.0f} / {o['mae_after_warmup']:.0f}), "
+            f"p90 coverage {c['p90_coverage']:.2f} / {o['p90_coverage']:.2f}.",
+            "",
+        ]
     data: dict[float, dict[str, dict[str, list[float]]]] = {}
     for u, by_seed in runs.items():
         m = collect(by_seed)
@@ -353,13 +442,16 @@ def write_document(
     runs: Mapping[str, Mapping[float, Mapping[int, Mapping[str, Path]]]],
     wall_s: float,
     train_s: float,
+    over: Sequence[str] = (),
 ) -> dict[str, Any]:
     data: dict[str, dict[float, dict[str, dict[str, list[float]]]]] = {}
     sections: list[str] = []
+    scored: dict[str, dict[str, Any] | None] = {}
     for e in SUITE:
         if e.name not in runs:
             continue
-        lines, d = entry_section(e, runs[e.name], plan)
+        scored[e.name] = predictor_scores(e, plan, root, over)
+        lines, d = entry_section(e, runs[e.name], plan, scored[e.name])
         data[e.name] = d
         sections += lines
     fig = doc.parent / "figures" / f"generalisation_{plan.name}.png"
@@ -397,6 +489,17 @@ def write_document(
         "",
         overview(data, "p99_vs_fifo"),
         "",
+        "## The predictor on each workload",
+        "",
+        "The learned policies' length predictor on each workload's requests (first seed): "
+        "Kendall tau of the admission p50 pooled and within a generator (n-weighted over "
+        "generators with >= 20 requests), MAE (all requests, and after the first 10% of "
+        "arrivals), p90 coverage; *cold* = the artifact alone, *online* = served "
+        "prequentially with `predictor.online.OnlineLevels` (levels model, tenant, category; "
+        "completions at arrival + 0.03 s per output token, running requests censored).",
+        "",
+        predictor_table(scored),
+        "",
         f"![capture and tail]({fig.relative_to(doc.parent)})",
         "",
         "## Workloads",
@@ -412,6 +515,17 @@ def write_document(
         }
         for e, by_u in data.items()
     }
+    (root / "predictor_numbers.json").parent.mkdir(parents=True, exist_ok=True)
+    (root / "predictor_numbers.json").write_text(
+        json.dumps(
+            {
+                e: None if sc is None else {m: sc[m] for m in ("cold", "online")}
+                for e, sc in scored.items()
+            },
+            indent=1,
+            default=float,
+        )
+    )
     return key
 
 
@@ -462,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     train_s = train_suite_predictors(plan, a.train_arg)
     runs = run_suite(plan, root, a.override)
     wall = time.perf_counter() - t0
-    key = write_document(plan, root, doc, runs, wall, train_s)
+    key = write_document(plan, root, doc, runs, wall, train_s, a.override)
     (root / "key_numbers.json").write_text(json.dumps(key, indent=1, default=str))
     print(f"wrote {doc} ({wall / 60:.1f} min); key numbers in {root / 'key_numbers.json'}")
     return key

@@ -261,6 +261,20 @@ class GuardedLengths:
         reqs = list(requests)
         self._pool.submit(self._quiet, lambda: self.inner.observe(reqs))  # never waited for
 
+    def observe_running(self, requests: Sequence[SchedRequest]) -> None:
+        """Running requests' attained service, for the inner online learner (background)."""
+        fn = getattr(self.inner, "observe_running", None)
+        if fn is not None:
+            # the token counts are read now: the engine keeps advancing them
+            reqs = list(requests)
+            got = [r.num_output_tokens for r in reqs]
+            self._pool.submit(self._quiet, lambda: fn(reqs, got))
+
+    def recent_error(self) -> float:
+        """The inner estimator's recent admission error (NaN when it has none)."""
+        fn = getattr(self.inner, "recent_error", None)
+        return math.nan if fn is None else float(fn())
+
     def forget(self, requests: Sequence[SchedRequest]) -> None:
         """Drop per-request predictor state (aborted requests), when the inner one can."""
         fn = getattr(self.inner, "forget", None)

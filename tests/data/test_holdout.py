@@ -121,3 +121,41 @@ def test_resolve_seen(tmp_path: Path) -> None:
     fallback = resolve_seen(str(tmp_path / "not_trained"), notes)
     assert fallback is not None and len(fallback) > 10_000  # the default data split's prompts
     assert "no trained artifact" in notes[0]
+
+
+def test_near_duplicates_share_a_prefix_key_and_count_as_seen(tmp_path: Path) -> None:
+    from data.holdout import PREFIX_CHARS, seen_filter_reason, seen_from_split
+
+    context = "Here is a long document. " * 60  # > PREFIX_CHARS normalised characters
+    assert len(normalise_prompt(context)) > PREFIX_CHARS
+    train = _rows([context + "Summarise it.", "short prompt"])
+    variant = context + "Now list three open questions!"  # same first 1,000 characters
+    probe = _rows([variant, "short prompt ", "Short prompt?", "unrelated"])
+    assert (prompt_keys(probe) != prompt_keys(train)[0]).all()  # the exact key misses it
+    seen = seen_from_split(train, train.iloc[:0], {"split": {}})
+    assert seen.seen_mask(probe).tolist() == [True, True, False, False]
+    assert seen.near_duplicates(probe).tolist() == [True, False, False, False]
+    assert seen.overlap(probe) == pytest.approx(0.5)
+    keep, why = seen_filter_reason(seen, probe, "pool")
+    assert keep.tolist() == [False, False, True, True] and "1 of them near-duplicates" in why
+    # short prompts: the prefix key is the prompt key (one key for both)
+    short = _rows(["short prompt"])
+    assert prompt_keys(short, prefix=True)[0] == prompt_keys(short)[0]
+    # stored in the artifact and read back; train_overlaps counts the variant as seen
+    d = tmp_path / "art" / "length"
+    d.mkdir(parents=True)
+    (d / "model.txt").write_text("tree")
+    from predictor.artifacts import write_meta
+
+    write_meta(d, "lgbm_length", {})
+    attach_to_artifact(d, seen)
+    back = seen_in_artifact(tmp_path / "art")
+    assert back.prefix is not None and back.seen_mask(probe).tolist()[:2] == [True, True]
+    got = train_overlaps(probe, {"sjf": tmp_path / "art"}, allow=True)
+    assert got["sjf"] == pytest.approx(0.5)
+
+
+def test_a_seen_set_without_prefix_keys_still_loads(tmp_path: Path) -> None:
+    root = _artifact(tmp_path, ["alpha"])  # written with exact keys only (older artifacts)
+    seen = seen_in_artifact(root)
+    assert seen.prefix is None and seen.seen_mask(_rows(["Alpha", "b"])).tolist() == [True, False]

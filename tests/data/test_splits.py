@@ -138,3 +138,23 @@ def test_split_by_config_leave_models_out_tests_only_on_unseen_prompts():
         split_by_config(df, {"kind": "leave_one_source_out"})
     with pytest.raises(ValueError, match=r"unknown data\.split\.kind"):
         split_by_config(df, {"kind": "random"})
+
+
+def test_split_by_config_leave_out_holds_out_several_columns_at_once():
+    from data.splits import split_by_config
+
+    df = _table()
+    df["dataset"] = np.where(df["prompt_id"].str.endswith("7"), "D7", None)
+    cfg = {"kind": "leave_out", "held_out": {"source": ["b"], "model": "m2", "dataset": ["D7"]}}
+    sp = split_by_config(df, cfg)
+    trained = pd.concat([sp.train, sp.val])
+    assert "b" not in set(trained["source"]) and "m2" not in set(trained["model"])
+    assert not trained["dataset"].eq("D7").any()
+    assert {"b", "a"} == set(sp.test["source"]) and "m2" in set(sp.test["model"])
+    assert not set(trained["prompt_id"]) & set(sp.test["prompt_id"])  # tests on unseen prompts
+    with pytest.raises(ValueError, match=r"held_out as a mapping"):
+        split_by_config(df, {"kind": "leave_out", "held_out": ["b"]})
+    with pytest.raises(ValueError, match=r"column 'colour' not in the table"):
+        split_by_config(df, {"kind": "leave_out", "held_out": {"colour": ["red"]}})
+    with pytest.raises(ValueError, match=r"source\(s\) \['z'\] not in the table"):
+        split_by_config(df, {"kind": "leave_out", "held_out": {"source": ["z"]}})

@@ -22,6 +22,10 @@ def test_every_suite_entry_is_a_documented_preset() -> None:
     assert own["unseen_source"][0] == "artifacts/loso_sharegpt"
     assert "data.split.held_out=sharegpt" in own["unseen_source"][1]
     assert own["unseen_prompts"] is None
+    # the harder presets: each judged with its own predictor, trained without what it serves
+    assert {"cross_shift", "long_generators", "mixed_generators"} <= set(own)
+    assert "data.split.kind=leave_out" in own["cross_shift"][1]
+    assert own["mixed_generators"][0] == "artifacts/mixed_generators"
 
 
 def test_quick_suite_writes_the_document(
@@ -36,6 +40,13 @@ def test_quick_suite_writes_the_document(
         assert part in text
     assert (tmp_path / "figures" / "generalisation_quick.png").is_file()
     assert set(key) == {"unseen_prompts", "memory_bound"}
+    # the predictor's own numbers on each workload, cold and online, in the document too
+    pn = json.loads((tmp_path / "runs" / "quick" / "predictor_numbers.json").read_text())
+    assert set(pn) == {"unseen_prompts", "memory_bound"}
+    for sc in pn.values():
+        assert {"kendall_tau", "tau_within_generator", "mae"} <= set(sc["cold"])
+        assert sc["online"]["mae"] > 0
+    assert "## The predictor on each workload" in text and "Kendall tau" in text
     drift = key["unseen_prompts"]["1.1"]["drift"]
     assert drift["train_overlap"] == 0.0
     # memory-bound: a real FIFO-oracle gap even at 60 requests
