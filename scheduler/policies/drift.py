@@ -28,6 +28,11 @@ Mechanisms, each a config group of the policy (``scheduler.policies.drift_config
 * ``urgency``: tier SLO urgency and a starvation guard (EDF on the time a request became
   urgent, ahead of every other key).
 * ``recalibrate``: the online per-(tenant, category) recalibration (``predictor.online``).
+* ``online``: the online learner (``predictor.online.OnlineLevels``: log-length levels per
+  generator, tenant and category, replacing ``recalibrate``) learns from completions and,
+  censoring-aware, from requests still running ("longer than g tokens") at every overrun
+  (``reclassify.overrun``) and preemption, so a new generator's scale is corrected for the
+  requests admitted after its first completions and overruns.
 
 The tail knob ``boost_gamma`` (gamma-Boost, Yu & Scully, SIGMETRICS 2024): the key is the
 *boosted arrival time* ``arrival_s - tau * b(score)``, ``b(s) = -log(1 - exp(-g s)) / g``
@@ -87,6 +92,7 @@ class DriftPolicy(Policy):
         boost_gamma: float | None = None,
         seconds_per_token: float | None = None,
         recalibrate: bool = False,
+        online: bool | Mapping[str, Any] | None = None,
         require_drift: bool = True,
     ) -> None:
         self.predictor_dir = str(predictor_dir)
@@ -100,8 +106,9 @@ class DriftPolicy(Policy):
         if self.preemption is not None and self.preemption.urgent and self.urgency is None:
             raise ValueError("drift: preemption.urgent needs urgency (nobody is ever urgent)")
         self.recalibrate = bool(recalibrate)
+        self.online = online if isinstance(online, bool | None) else dict(online)
         self.lengths = LearnedLengths(
-            predictor_dir, require_drift=require_drift, recalibrate=recalibrate
+            predictor_dir, require_drift=require_drift, recalibrate=recalibrate, online=online
         )
         self.risk = float(risk)
         self.prompt_weight = float(prompt_weight)
@@ -301,6 +308,7 @@ class DriftPolicy(Policy):
         """Back to the waiting side (ours were moved there by ``preempt`` already); with
         ``reclassify.preempted`` re-predicted first, so each waits with its remaining work."""
         back = [r for r in requests if self._running.pop(r.index, None) is not None]
+        self.lengths.observe_running(requests)  # (censored: longer than what they generated)
         rc = self.reclassify
         if rc is not None and rc.preempted:
             ours = [r for r in requests if r.index in self._adm]
@@ -337,6 +345,8 @@ class DriftPolicy(Policy):
     def _scan_overruns(self, running: Sequence[SchedRequest], now: float) -> None:
         nu = self._next_update
         late = [r for r in running if r.num_output_tokens >= nu.get(r.index, math.inf)]
+        if late:
+            self.lengths.observe_running(late)  # overruns: censored observations
         self._repredict(late, now)
         ref = self._ref = running[0]
         self._ref_tokens, self._ref_pre = ref.num_output_tokens, ref.num_preemptions
@@ -453,5 +463,6 @@ class DriftPolicy(Policy):
             "boost_gamma": self.boost_gamma,
             "seconds_per_token": self.seconds_per_token,
             "recalibrate": self.recalibrate,
+            "online": self.online if not isinstance(self.online, dict) else str(self.online),
             "predictor_failed": self.lengths.failed,
         }

@@ -240,6 +240,28 @@ def eng_requests(eng: SimEngine, df: pd.DataFrame, policy: DriftPolicy) -> list:
     return list(seen.values())
 
 
+def test_drift_online_learner_learns_from_completions_and_overruns(tiny_artifacts: Path) -> None:
+    # every output 3x longer than the tiny predictor learned: the online levels must move the
+    # admission estimates of later requests up (from completions and censored overruns).
+    # Little queueing: under a long SJF queue the first completions are the short requests, a
+    # biased sample (measured: the estimates then move down; docs/ABLATIONS.md drift+online)
+    df = with_prompts(synthetic_frame(200, seed=9, rate_rps=2.0, output_median=100))
+    df["output_tokens"] *= 3
+    df["max_tokens"] = np.maximum(df["max_tokens"], df["output_tokens"])
+    eng = SimEngine(num_gpu_blocks=4000, max_num_batched_tokens=1024)
+    calls: list[int] = []
+    pol = DriftPolicy(str(tiny_artifacts), online=True, reclassify={})
+    inner = pol.lengths.observe_running
+    pol.lengths.observe_running = lambda reqs, *a: (calls.append(len(reqs)), inner(reqs, *a))
+    on = eng.run(df, pol).records
+    off = eng.run(df, DriftPolicy(str(tiny_artifacts))).records
+    late = on["index"] >= 100
+    ratio = on.loc[late, "est_output_tokens"].mean() / off.loc[late, "est_output_tokens"].mean()
+    assert ratio > 1.5  # learned a longer level
+    assert sum(calls) > 0  # censored observations at overruns
+    assert pol.describe()["online"] is True
+
+
 def test_drift_starvation_guard_bounds_the_wait_of_a_long_request(tiny_artifacts: Path) -> None:
     # a long request waits behind a 30 s burst of short ones (1.5 req/s on a 1 req/s server):
     # shortest-first alone serves it only after the burst drains (~45 s)
