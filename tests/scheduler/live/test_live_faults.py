@@ -37,7 +37,7 @@ from scheduler.records import check_records  # noqa: E402
 from scheduler.sim.synthetic import synthetic_frame  # noqa: E402
 from tests import campaign  # noqa: E402
 from tests.scheduler.conftest import with_prompts  # noqa: E402
-from tests.tiny_predictor import DRIFT_MECHANISMS, save_tiny_predictor  # noqa: E402
+from tests.tiny_predictor import drift_kwargs, save_tiny_predictor  # noqa: E402
 
 ENGINE_KW = dict(max_num_seqs=4, kv_cache_gib=0.25, max_model_len=256, progress=False)
 
@@ -93,9 +93,10 @@ def eng(tiny_cache, sink):
 def drift_policy(artifacts: Path, guard: GuardConfig | None = None):
     from scheduler.policies.drift import DriftPolicy
 
-    # re-predict every step and preempt freely: the predictor is called as often as possible
+    # re-predict at every overrun (2 tokens apart at least) and preempt: the predictor is
+    # called as often as the mechanisms allow
     p = DriftPolicy(
-        predictor_dir=str(artifacts), repredict_every=1, min_delta_tokens=2, **DRIFT_MECHANISMS
+        predictor_dir=str(artifacts), **drift_kwargs(reclassify={"min_delta_tokens": 2})
     )
     if guard is not None:
         guard_policy(p, guard)
