@@ -59,9 +59,9 @@ VARIANTS: tuple[Variant, ...] = (
         ("+victim@policy.victim=order_key",),
     ),
     Variant(
-        "drift+reclassify",
-        "+ re-prediction on events (preempted, or past its predicted median)",
-        ("policy.reclassify={}",),
+        "drift-reclassify",
+        "without re-prediction on events (preempted, or past its predicted median)",
+        ("policy.reclassify=null",),
     ),
     Variant(
         "drift+preempt",
@@ -76,10 +76,15 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(
         "drift+recal", "+ online recalibration (per tenant/category)", ("policy.recalibrate=true",)
     ),
+    Variant(
+        "drift+online",
+        "+ the online learner (levels per generator, tenant, category; censored overruns)",
+        ("policy.online=true",),
+    ),
 )
 
 # the tail knob (drift's boost_gamma): mean-optimal (null) to tail-safe (large); its frontier
-TAIL_GAMMAS = (0.03, 0.3, 3.0)
+TAIL_GAMMAS = (0.0003, 0.003, 0.03)  # (0.03 is already FIFO-like: measured)
 TAIL_POINTS: tuple[Variant, ...] = tuple(
     Variant(f"drift@gamma{g:g}", f"tail knob boost_gamma={g:g}", (f"policy.boost_gamma={g}",))
     for g in TAIL_GAMMAS
@@ -208,7 +213,14 @@ def _cell_targets(m: Mapping[str, Mapping[str, list[float]]], non_oracle: Sequen
     tax = _mean(m[REFERENCE]["recompute tax"])
     before = "drift-victim" if "drift-victim" in m else "sjf"
     tax0 = _mean(m[before]["recompute tax"]) if before in m else math.nan
-    ok = gap <= 0.02 and vs_sjf <= 0.01 and p99 <= 1.0 and maxpre <= 8 and tax <= tax0 / 2
+    checks = {
+        "best-2%": gap <= 0.02,
+        "sjf+1%": vs_sjf <= 0.01,
+        "P99": p99 <= 1.0,
+        "max8": maxpre <= 8,
+        "tax/2": tax <= tax0 / 2,
+    }
+    missed = [k for k, ok in checks.items() if not ok]
     return [
         f"`{best}`",
         f"{100 * gap:+.1f}%",
@@ -216,7 +228,7 @@ def _cell_targets(m: Mapping[str, Mapping[str, list[float]]], non_oracle: Sequen
         f"{p99:.2f}",
         f"{maxpre:.0f}",
         f"{tax:.3f} / {tax0:.3f}",
-        "met" if ok else "**missed**",
+        "met" if not missed else "missed: " + ", ".join(missed),
     ]
 
 
@@ -246,7 +258,9 @@ def targets(runs: Runs, baselines: Sequence[str]) -> list[str]:
             "drift P99 / FIFO",
             "max preemptions / request",
             "recompute tax: drift / drift-victim",
-            "targets",
+            "targets (best-2%: within 2% of the best non-oracle; sjf+1%: at most 1% above "
+            "sjf; P99: <= FIFO's (else see the frontier); max8: <= 8 preemptions of one "
+            "request; tax/2: at most half drift-victim's)",
         ],
         rows,
     )

@@ -28,6 +28,7 @@ import inspect
 import pydoc
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def _default(value: Any) -> dataclasses.Field:
         return dataclasses.field()  # required: OmegaConf reports it as missing
     if isinstance(value, tuple | list):
         return dataclasses.field(default_factory=lambda v=list(value): list(v))
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # (a read-only mapping default too: a plain dict node)
         return dataclasses.field(default_factory=lambda v=dict(value): dict(v))
     return dataclasses.field(default=value)
 

@@ -13,9 +13,11 @@ relative to the expected remaining tokens, with a protection window after re-adm
 eviction cap), because vLLM's rule (evict the largest order key) makes the request ranked
 longest the victim every time memory runs short (docs/ABLATIONS.md: ordering and victim arms).
 
-Mechanisms, each a config group of the policy (``scheduler.policies.drift_config``; null: off):
+Mechanisms, each a config group of the policy (``scheduler.policies.drift_config``; null: off;
+on by default: the victim rule and ``reclassify``, the ones that paid on average on the
+generalisation suite, docs/ABLATIONS.md):
 
-* ``reclassify``: re-predict a request's remaining tokens with the drift model (given the
+* ``reclassify`` (on): re-predict a request's remaining tokens with the drift model (given the
   tokens generated so far) when it is preempted (its new order key as it re-enters the queue)
   or when a running request passes its latest predicted median (an overrun: the victim rule
   reads the new estimate). The runtime class is re-derived (``n_reclassified``). Overruns are
@@ -46,10 +48,12 @@ If the predictor raises or returns NaN it logs once and the calibrated heuristic
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -67,6 +71,8 @@ from scheduler.policies.estimates import LearnedLengths
 from scheduler.policies.victims import CostAwareVictim, VictimRule
 from scheduler.request import SchedRequest, Status
 
+# reclassify's default: on, every field at its default (read-only; listed by --cfg job)
+RECLASSIFY_ON: Mapping[str, Any] = MappingProxyType(dataclasses.asdict(Reclassify()))
 URGENT_OFFSET = -1e12  # urgent keys: URGENT_OFFSET + the time the request became urgent (EDF)
 THROUGHPUT_WINDOW = 256  # finished requests behind the measured seconds per token
 DEFAULT_SECONDS_PER_TOKEN = 0.002  # before 32 have finished (~500 tok/s: one L4, batched)
@@ -86,7 +92,7 @@ class DriftPolicy(Policy):
         risk: float = 0.0,
         prompt_weight: float = 0.0,
         tier_weight: Mapping[str, float] | None = None,
-        reclassify: Mapping[str, Any] | None = None,
+        reclassify: Mapping[str, Any] | None = RECLASSIFY_ON,
         preemption: Mapping[str, Any] | None = None,
         urgency: Mapping[str, Any] | None = None,
         boost_gamma: float | None = None,
