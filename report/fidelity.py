@@ -427,7 +427,7 @@ def write_report(report: FidelityReport, out: Path) -> None:
 PREEMPTION_ENGINE: tuple[str, ...] = (
     # a KV cache of 95 usable blocks of 32 tokens (3 040 tokens): a few dozen of the first 60
     # default-workload requests are preempted when they arrive at once (measured, docs/LIVE.md)
-    "engine.kv_cache_gib=null",
+    "engine.kv_cache_gib=0.25",  # (the memory vLLM sets aside; the override sets the blocks)
     "engine.num_gpu_blocks=96",
     "engine.block_size=32",
     "engine.max_num_seqs=16",
@@ -563,7 +563,8 @@ def scripted_frame(limits: dict[str, int]) -> pd.DataFrame:
     df["tier"] = "standard"
     df["arrival_s"] = 0.0
     df["prompt_tokens"] = np.array(list(prompts.values()), dtype=np.int64)
-    df["output_tokens"] = mml - df["prompt_tokens"]
+    # long enough to outgrow the cache (after about fill_steps), short enough to finish soon
+    df["output_tokens"] = np.minimum(mml - df["prompt_tokens"], 2 * fill_steps + 4 * bs)
     df["max_tokens"] = df["output_tokens"]
     return df
 
