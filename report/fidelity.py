@@ -9,7 +9,7 @@
 ``--preemption`` (:func:`run_preemption_fidelity`): the first ``--requests`` (60) requests on
 both engines under a small KV cache (``PREEMPTION_ENGINE``; the simulator gets the live
 engine's usable blocks, ``VllmEngine.sim_limits``), for every ``--policy`` x ``--victim`` rule
-(``+victim@policy.victim=<rule>``; default fifo, sjf, drift x order_key (vLLM's rule),
+(``+victim@policy.victim=<rule>``; default fifo, priority, sjf, drift x order_key (vLLM's rule),
 cost_aware), all arriving at once (``--arrivals burst``: no timing enters) or open-loop
 (``open``); the simulator's step times are this live run's fit x its load (``self+load``).
 Table: preemption total, most preemptions of one request, recompute tax, live and simulated,
@@ -435,7 +435,7 @@ PREEMPTION_ENGINE: tuple[str, ...] = (
     "engine.max_model_len=2048",
     "engine.progress=false",
 )
-PREEMPTION_POLICIES = ("fifo", "sjf", "drift")
+PREEMPTION_POLICIES = ("fifo", "priority", "sjf", "drift")
 VICTIM_RULES = ("order_key", "cost_aware")  # vLLM's rule (victim key = order key), ours
 PREEMPTION_TOLERANCE = 0.25  # |sim / live - 1| the totals and the max per request must meet
 ARRIVALS = ("burst", "open")
