@@ -63,6 +63,7 @@ logger = logging.getLogger("driftsched.live")
 PROCESS_MODES = ("inprocess", "multiprocess")
 SCHEDULER_IMPLS = ("driftsched", "vllm_fcfs", "vllm_priority")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+NULL_BLOCKS = 1  # KV blocks vLLM's BlockPool reserves (its null block, block id 0)
 
 
 @dataclass
@@ -733,7 +734,12 @@ class VllmEngine:
         return out
 
     def sim_limits(self) -> dict[str, int]:
-        """The simulator parameters that mirror this (open) engine's limits."""
+        """The simulator parameters that mirror this (open) engine's limits.
+
+        ``num_gpu_blocks`` is the number of blocks requests can hold: vLLM's ``BlockPool`` keeps
+        block 0 as its null block (a placeholder never handed to a request), so one block less
+        than ``cache_config.num_gpu_blocks`` (``self.num_gpu_blocks``). Under KV pressure that
+        block decides when the first preemption happens (measured: docs/LIVE.md, fidelity)."""
         if not self.is_open:
             raise RuntimeError(
                 "sim_limits: open the engine first (its KV geometry is resolved at start)"
@@ -742,7 +748,7 @@ class VllmEngine:
             "max_num_seqs": self.cfg.max_num_seqs,
             "max_num_batched_tokens": self.cfg.max_num_batched_tokens,
             "block_size": self.block_size,
-            "num_gpu_blocks": self.num_gpu_blocks,
+            "num_gpu_blocks": max(1, self.num_gpu_blocks - NULL_BLOCKS),
             "max_model_len": self.max_model_len,
         }
 
