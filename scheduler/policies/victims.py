@@ -5,8 +5,8 @@ request to serve next; the victim rule says which running request to throw away 
 outgrows the KV cache. vLLM's priority scheduler answers the second with the first (it evicts
 ``max(running, key=(priority, arrival))``), so a request the policy ranks long is the victim
 every time memory runs short: it is evicted, re-admitted as soon as blocks free, recomputes its
-prompt and output, and is evicted again (the ping-pong of vLLM PR #54530, up to hundreds of
-times for one request on our suite).
+prompt and output, and is evicted again (the ping-pong of vLLM PR #54530; 11-29 times for one
+request under `sjf` on our suite at utilisation 1.1, docs/ABLATIONS.md).
 
 A rule gives every running request a *victim key*; the engine evicts the running request with
 the largest ``(victim key, arrival_s, index)``. Running and waiting requests are never compared
@@ -29,8 +29,9 @@ from scheduler.request import SchedRequest
 # requests are bounded by tokens, |key| < 1e12); among protected requests (every running request
 # protected: memory must still be freed) the one evicted fewest times goes first
 # (PROTECTED_STEP per earlier eviction), so evictions are spread and the cap is exceeded only
-# when everything running is at it. (Least computed first instead let single requests be evicted
-# 17-57 times on memory_bound: measured, docs/ABLATIONS.md.)
+# when everything running is at it. (Plain least-computed-first, without the protection window
+# and the cap, let single requests be evicted 17-57 times on memory_bound, measured before the
+# simulator's admission fix of 2026-12: the newest request is always the least computed.)
 PROTECTED_OFFSET = -1e15
 PROTECTED_STEP = 1e12
 

@@ -7,11 +7,15 @@ One loop iteration is one engine step (vLLM v1 ``Scheduler.schedule`` + one forw
 3. running requests are continued first, in admission order, each taking
    ``min(tokens still to compute, token budget)`` tokens (chunked prefill; a decode is one token).
    Their KV grows in blocks of ``block_size`` tokens; when no free block is left the running
-   request with the *largest* policy key is preempted by recompute (its blocks are freed and it
-   must recompute prompt + generated tokens when readmitted) -- possibly the request itself;
+   request with the *largest* ``policy.victim_key`` (the order key unless the policy has a
+   victim rule) is preempted by recompute (its blocks are freed and it must recompute prompt +
+   generated tokens when readmitted; ``policy.on_preempt``) -- possibly the request itself,
+   which ends the pass over running requests for this step, as in vLLM;
 4. if no request was preempted for memory this step, waiting requests are admitted in policy
-   order while the token budget, ``max_num_seqs`` and free blocks allow (the first one that does
-   not fit stops admission, as vLLM does);
+   order while the token budget, ``max_num_seqs`` and free blocks allow; a request is admitted
+   only if blocks for its whole current sequence (prompt + generated) are free, then gets its
+   first chunk (vLLM 0.32's ``scheduler_reserve_full_isl``, on by default; checked against
+   vLLM in docs/LIVE.md, "Preemptions"); the first one that does not fit stops admission;
 5. the step lasts ``cost.step_time(prefill tokens, decode seqs, KV tokens read, prefill pairs)``;
    a request whose computed tokens reach prompt + generated samples one output token at the end
    of the step (so the first token comes with the last prefill chunk) and finishes when it has

@@ -324,7 +324,7 @@ class Run:
                     r, nb, i, budget, scheduled, evicted
                 )
                 if self_evicted:
-                    continue
+                    break  # vLLM: a request that preempted itself ends the running pass
             kv.free -= nb
             held[r.index] += nb
             budget -= chunk
@@ -384,10 +384,13 @@ class Run:
             if budget <= 0 or len(running) >= self.max_seqs:
                 break
             need = r.prompt_tokens + r.num_output_tokens
+            # vLLM 0.32 (scheduler_reserve_full_isl, on by default) admits a request only when
+            # blocks for its whole current sequence are free, and then allocates the first
+            # chunk: without this gate a partial chunk is admitted and evicted again at once
+            if kv.blocks(need) > kv.free:
+                break
             chunk = need if need < budget else budget  # chunked prefill
             nb = kv.blocks(chunk)
-            if nb > kv.free:
-                break
             self.queue.remove(r)
             r.status = Status.RUNNING
             if math.isnan(r.admitted_s):
@@ -539,8 +542,7 @@ class Run:
         r = self.queue.head()
         if r is None:
             return True
-        need = r.prompt_tokens + r.num_output_tokens
-        return self.kv.blocks(need if need < budget else budget) > self.kv.free
+        return self.kv.blocks(r.prompt_tokens + r.num_output_tokens) > self.kv.free
 
     def window(self, m: int, h: float, w_counts: tuple[int, ...]) -> None:
         """A window of pure decode steps (:func:`decode_window`), then the finishes of the

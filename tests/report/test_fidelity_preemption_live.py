@@ -64,13 +64,6 @@ def test_scripted_first_victim_is_the_determined_one_on_both_engines(report):
     assert s["as_determined"].all(), s  # and the simulator's first victim is the same
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scheduler/sim/loop.py admits a waiting request when its first prefill chunk fits, "
-    "vLLM 0.32 only when its whole sequence does (scheduler_reserve_full_isl), and goes on "
-    "scheduling running requests after one preempted itself (vLLM stops): the simulator "
-    "preempts ~10x more (docs/LIVE.md: Preemptions, checked against vLLM itself)",
-)
 def test_preemptions_agree_within_25_percent_with_the_same_victims(report):
     t = report.table.set_index("victim")
     assert (t[["diff_preemptions", "diff_max_per_request"]].abs() <= 0.25).all(axis=None), t

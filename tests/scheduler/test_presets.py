@@ -210,8 +210,11 @@ def promise_drift(art: Path) -> None:
     """drift: 'learned shortest-predicted-work ordering with the cost-aware memory victim ...
     and event-driven reclassification ... Defaults keep what paid (docs/ABLATIONS.md).'
     Under KV pressure the cost-aware victim bounds evictions per request (its cap, 6, plus
-    one when everything running was protected) where vLLM's rule lets one request ping-pong,
-    and it wastes fewer computed tokens than the same ordering under vLLM's rule."""
+    one when everything running was protected) and throws away a smaller share of the tokens
+    it computed than the same ordering under vLLM's rule (largest key), at no cost in mean
+    E2E. (It preempts *more often*: least-computed victims free fewer blocks each; what it
+    saves is recompute. Measured with the tiny predictor on this engine, seeds 5-7: tax
+    0.20-0.24 vs 0.24-0.31.)"""
     from scheduler.policies.victims import CostAwareVictim
 
     p = shipped("drift", art)
@@ -222,9 +225,10 @@ def promise_drift(art: Path) -> None:
     vllm_rule.victim = None
     theirs = eng.run(df, vllm_rule)
     assert ours.records["num_preemptions"].max() <= p.victim.max_evictions + 1
-    assert theirs.records["num_preemptions"].max() > ours.records["num_preemptions"].max()
     tax = [r.meta["recomputed_tokens"] / r.meta["computed_tokens"] for r in (ours, theirs)]
-    assert tax[0] < tax[1]
+    assert tax[0] < 0.9 * tax[1], tax
+    e2e = [float((r.records["finish_s"] - r.records["arrival_s"]).mean()) for r in (ours, theirs)]
+    assert e2e[0] <= e2e[1], e2e
 
 
 def promise_drift_slo(art: Path) -> None:
