@@ -20,10 +20,15 @@ def compose_workload_config(name: str, overrides: list[str] | None = None) -> di
     outside any Hydra app (for ``python -m report.inspect`` and tests)."""
     from hydra import compose, initialize_config_dir
 
+    from report.config_schema import register
+
+    register()  # the engine presets' schema (conf/engine/*.yaml read /schema/engine/...)
+
     if not (CONF_DIR / "workload" / f"{name}.yaml").is_file():
         known = sorted(p.stem for p in (CONF_DIR / "workload").glob("*.yaml"))
         raise ValueError(f"unknown workload preset {name!r}; expected one of {known}")
-    ov = [f"+workload={name}"] + [
+    # the default engine first: a preset that needs its own engine overrides it (memory_bound)
+    ov = ["+engine=sim", f"+workload={name}"] + [
         o if o.startswith("workload.") else f"workload.{o}" for o in (overrides or [])
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):

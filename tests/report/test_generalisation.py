@@ -28,6 +28,20 @@ def test_every_suite_entry_is_a_documented_preset() -> None:
     assert own["mixed_generators"][0] == "artifacts/mixed_generators"
 
 
+@pytest.mark.parametrize("entry", gen.SUITE, ids=lambda e: e.name)
+def test_every_suite_preset_runs_alone_on_its_engine(entry: gen.Entry) -> None:
+    """`workload=<name>` alone composes the engine the suite runs it on (a preset that needs
+    its own engine selects it), and an explicit `engine=...` still wins."""
+    from report.jobs import compose
+
+    alone = compose([f"workload={entry.workload}"])
+    suite = compose([f"workload={entry.workload}", f"engine={entry.engine}"])
+    assert alone.engine == suite.engine
+    assert alone.predictor_dir == suite.predictor_dir
+    if entry.engine != "sim":
+        assert compose([f"workload={entry.workload}", "engine=sim"]).engine == compose([]).engine
+
+
 def test_quick_suite_writes_the_document(
     suite_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
