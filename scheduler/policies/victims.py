@@ -5,8 +5,8 @@ request to serve next; the victim rule says which running request to throw away 
 outgrows the KV cache. vLLM's priority scheduler answers the second with the first (it evicts
 ``max(running, key=(priority, arrival))``), so a request the policy ranks long is the victim
 every time memory runs short: it is evicted, re-admitted as soon as blocks free, recomputes its
-prompt and output, and is evicted again (the ping-pong of vLLM PR #54530; 11-29 times for one
-request under `sjf` on our suite at utilisation 1.1, docs/ABLATIONS.md).
+prompt and output, and is evicted again (the ping-pong of vLLM PR #54530; up to 61 times for one
+request under `sjf` on our suite at loads 0.95-1.1, docs/ABLATIONS.md).
 
 A rule gives every running request a *victim key*; the engine evicts the running request with
 the largest ``(victim key, arrival_s, index)``. Running and waiting requests are never compared
