@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
 # The test command: install (if needed) then run the whole suite, real vLLM tests included.
+#   bash scripts/test.sh            everything (CI: .ci/run)
+#   bash scripts/test.sh --fast     the inner loop: every package, without the tests marked
+#                                   `slow` (>= 5 s each here: whole-pipeline and subprocess runs)
+#                                   and without the real-vLLM tests (`vllm`); ~2 min on 2 cores
+# Any other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -10,4 +15,8 @@ export WANDB_MODE=offline WANDB_SILENT=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLIN
 # Fixed hash seed: set iteration order (and so hypothesis's derandomised examples) is the same
 # in every run.
 export PYTHONHASHSEED=0
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  exec python -m pytest -m "not slow and not vllm" "$@"
+fi
 exec python -m pytest "$@"

@@ -31,6 +31,7 @@ def _prepared(tmp: Path, n: int = 48) -> Path:
     return tmp
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_pruned_minilm_matches_the_original(tmp_path: Path) -> None:
     inp = _prepared(tmp_path)
     texts = sorted(gt.load_split(inp, "train")["prompt"].dropna().unique())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from benchmarks import predictor_report as rep
 from data.splits import grouped_split
@@ -52,6 +53,7 @@ def _base() -> rep.Base:
     return rep.Base(sp.train, sp.val, sp.test, df.iloc[:0], mix)
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_report_has_every_section_and_finite_numbers(tmp_path: Path) -> None:
     rc = replace(
         rep.QUICK,

@@ -43,6 +43,7 @@ def _bench_env(artifacts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DRIFTSCHED_BENCH_ARTIFACTS", str(artifacts))
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_trace_is_cached_at_the_target_utilisation(trace: Path) -> None:
     meta = trace_meta(trace)
     df = pd.read_parquet(trace)
@@ -64,6 +65,7 @@ def test_large_traces_tile_the_built_one(trace: Path, monkeypatch: pytest.Monkey
     assert (df["prompt_tokens"].iloc[400:800].to_numpy() == base["prompt_tokens"]).all()
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_sim_worker_process_measures_the_run(trace: Path) -> None:
     r = bench_sim.run_ours(trace, "fifo", repeats=1)
     assert r["requests"] == 400 and r["steps"] > 400
@@ -112,6 +114,7 @@ def test_predictor_latency_and_memory(artifacts: Path) -> None:
     assert res["load_s"] > 0
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_train_benchmark_runs_train_py() -> None:
     small = [
         "data.sources=[sharegpt]",

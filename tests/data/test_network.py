@@ -112,6 +112,7 @@ def test_subprocess_blocker_works(blocked_subprocess_env):
     assert "create_connection ('example.com', 80)" in log.read_text()
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 @pytest.mark.parametrize(
     "args",
     [

@@ -497,6 +497,7 @@ def check_values(case: Case, df: pd.DataFrame, path: Path) -> None:
 # ----------------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
 def test_corrupted_tables(fmt, tmp_path):
     budget = {"csv": 500, "jsonl": 500, "parquet": 200}[fmt]

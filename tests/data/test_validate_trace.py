@@ -238,6 +238,7 @@ def frames(draw) -> tuple[pd.DataFrame, bool]:
     return df, draw(st.booleans())
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 @campaign(800)
 @given(case=frames())
 def test_validate_trace_agrees_with_reference(case):

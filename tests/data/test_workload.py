@@ -25,6 +25,7 @@ from report.presets import compose_workload_config, load_workload
 SMALL = replace(default_spec(), n_requests=600)
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_same_seed_identical_workload():
     a = build_workload(SMALL, seed=7)
     b = build_workload(SMALL, seed=7)
@@ -75,6 +76,7 @@ def test_rate_and_cv_within_tolerance(kind, cv):
     assert abs(arrival_cv(t) / cv - 1) < 0.10
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_built_poisson_and_gamma_workloads_hit_rate_and_cv():
     for arrival, cv in (
         (ArrivalSpec("poisson", 5.0), 1.0),
@@ -155,6 +157,7 @@ def test_spec_config_roundtrip():
     assert WorkloadSpec.from_config(spec_to_dict(default_spec())) == default_spec()
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 @pytest.mark.parametrize("name", ["default", "poisson", "gamma", "servegen", "mooncake"])
 def test_every_workload_config_composes_and_builds(name):
     cfg = compose_workload_config(name, ["n_requests=300"])
@@ -218,6 +221,7 @@ def test_phases_shift_a_tenants_mix_and_weights_mid_run():
         WorkloadSpec.from_config({**spec_to_dict(spec), "phases": [{"start": 1.5}]})
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 @pytest.mark.parametrize(
     "name", ["unseen_prompts", "shift", "bursty", "heavy_tail", "memory_bound"]
 )

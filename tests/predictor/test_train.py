@@ -50,6 +50,7 @@ def test_default_config_composes() -> None:
     assert cfg.out_dir == "artifacts" and cfg.logger.enabled
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_train_on_a_shipped_source(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cfg = _compose([*SMALL, "data.sources=[sharegpt]", f"out_dir={tmp_path / 'art'}"])
     res = train_entry.train(cfg, run_dir=tmp_path / "run")

@@ -30,6 +30,7 @@ def test_variants_switch_exactly_one_mechanism_relative_to_the_shipped_default()
     assert [v.label for v in abl.TAIL_POINTS] == [f"drift@gamma{g:g}" for g in abl.TAIL_GAMMAS]
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_quick_ablations_write_the_document(
     suite_artifacts: Path,
     tmp_path: Path,

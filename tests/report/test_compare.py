@@ -53,6 +53,7 @@ def report(sweep_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     return out
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_sweep_wrote_every_job(sweep_dir: Path) -> None:
     jobs = job_dirs(sweep_dir)
     assert set(jobs) == {(p, s) for p in POLICIES for s in SEEDS}

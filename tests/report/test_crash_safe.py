@@ -134,6 +134,7 @@ def test_atomic_write_failure_leaves_no_file_and_no_temp(tmp_path: Path) -> None
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_rewrite_of_a_finished_dir_that_dies_midway_is_not_complete(
     finished_run: Path, tmp_path: Path
 ) -> None:
@@ -195,6 +196,7 @@ def test_torn_and_temporary_files_are_never_read_as_complete(
 
 
 # ------------------------------------------------------------------ injected failures
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_policy_that_raises_fails_cleanly_and_compare_refuses(
     finished_run: Path, tmp_path: Path
 ) -> None:
@@ -262,6 +264,7 @@ def test_bare_command_with_a_failing_policy_flags_that_policy(
     assert "injected policy failure" in (run / "priority" / MARKER).read_text()
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_killed_run_is_flagged_incomplete(tmp_path: Path) -> None:
     run = tmp_path / "killed"
     flag = tmp_path / "flag"

@@ -42,6 +42,7 @@ def test_every_suite_preset_runs_alone_on_its_engine(entry: gen.Entry) -> None:
         assert compose([f"workload={entry.workload}", "engine=sim"]).engine == compose([]).engine
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_quick_suite_writes_the_document(
     suite_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -84,6 +84,7 @@ def assert_partial(run: Path, kind: str, error: str) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- simulator
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_sigint_during_sim_evaluate_flushes_records_and_finishes_wandb(
     tmp_path: Path, sig: signal.Signals
@@ -132,6 +133,7 @@ def test_sigint_during_sim_evaluate_flushes_records_and_finishes_wandb(
     campaign.COUNTS["interrupt/sim_partial_records"] += len(rec)
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_multirun_sweep_runs_the_next_job_after_a_failing_one(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = subprocess.run(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 import compare
 from report.runs import discover_runs
@@ -22,6 +23,7 @@ def check_sweep(sweep: Path, tmp_path: Path) -> None:
     assert len(pd.read_csv(tmp_path / "cmp" / "runs.csv")) == 2
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_joblib_launcher_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "joblib"
     proc = run_evaluate(
@@ -31,6 +33,7 @@ def test_joblib_launcher_sweep(tmp_path: Path) -> None:
     check_sweep(sweep, tmp_path)
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_submitit_local_launcher_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "submitit"
     run_evaluate(

@@ -70,6 +70,7 @@ def test_replay_applies_only_earlier_completions() -> None:
     assert err["mae"] == pytest.approx((128 + 0 + 0) / 3)
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_pipeline_regenerates_document(tmp_path: Path, tiny_artifacts: Path) -> None:
     runs, doc = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
     argv = [

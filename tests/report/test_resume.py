@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from report.runs import job_finished
@@ -40,6 +41,7 @@ def test_job_finished_single_and_bare_layouts(sweep_dir: Path, tmp_path: Path) -
     assert not job_finished(bare)
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_rerun_skips_finished_jobs(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     args = sweep_args(sweep, policies=("fifo",), seeds=(0, 1), n=30)

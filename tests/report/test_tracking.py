@@ -153,6 +153,7 @@ def test_offline_without_key_never_touches_the_network(no_network: dict, tmp_pat
     assert no_network["listener"][0].connections == 0  # nor wandb's service process
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_the_network_guard_detects_an_online_run(
     no_network: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -272,6 +273,7 @@ def test_identity_is_flat_and_grouped_by_sweep() -> None:
     )
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_failing_sweep_job_still_finishes_wandb(tmp_path: Path) -> None:
     """A real evaluate.py multirun job that raises mid-simulation, logging to wandb (offline:
     no key): the job fails, its wandb run is finished with exit code 1, and compare.py sees an

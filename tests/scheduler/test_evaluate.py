@@ -75,6 +75,7 @@ def test_every_policy_and_engine_config_composes(tiny_artifacts: Path) -> None:
             assert cfg.workload is not None
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_single_policy_writes_records_steps_summary(tiny_artifacts: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = run_cli(
@@ -116,6 +117,7 @@ def test_single_policy_writes_records_steps_summary(tiny_artifacts: Path, tmp_pa
     assert not list(out.glob(".*.tmp*")) and not list(out.glob(".summary.json.*"))
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_bare_command_compares_every_policy(tiny_artifacts: Path, tmp_path: Path) -> None:
     out = tmp_path / "all"
     proc = run_cli([f"predictor_dir={tiny_artifacts}", *SMALL, f"hydra.run.dir={out}"], tmp_path)
@@ -140,6 +142,7 @@ def test_bare_command_compares_every_policy(tiny_artifacts: Path, tmp_path: Path
     assert "What this says" in proc.stdout and "lowest mean E2E without true lengths" in proc.stdout
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_multirun_sweep(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     run_cli(
@@ -182,6 +185,7 @@ def test_missing_predictor_names_train_command(tmp_path: Path) -> None:
     assert "python train.py" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_skip_finished_skips_only_a_finished_run_of_the_same_config(tmp_path: Path) -> None:
     out = tmp_path / "job"
     args = [

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from scheduler.policies.aging import AgingPolicy
 from scheduler.policies.drift import DriftPolicy
@@ -223,6 +224,7 @@ def pinned_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_golden_records_steps_and_meta() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "got.json"

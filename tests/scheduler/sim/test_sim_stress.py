@@ -222,6 +222,7 @@ def make_policy(name: str, artifacts: Path, rng: np.random.Generator):
     return build_policy(cfg.policy)
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 @pytest.mark.parametrize("name", POLICIES)
 def test_invariants_under_random_stress(name: str, artifacts: Path) -> None:
     for run in range(RUNS_PER_POLICY):
