@@ -59,6 +59,11 @@ VARIANTS: tuple[Variant, ...] = (
         ("+victim@policy.victim=order_key",),
     ),
     Variant(
+        "drift-prompt",
+        "without the prompt term: ranks by predicted output tokens only (prompt_weight 0)",
+        ("policy.prompt_weight=0.0",),
+    ),
+    Variant(
         "drift-reclassify",
         "without re-prediction on events (preempted, or past its predicted median)",
         ("policy.reclassify=null",),
@@ -98,8 +103,25 @@ VICTIM_ARMS: tuple[Variant, ...] = tuple(
 )
 
 
+# the prompt term alone (tokens of work per uncomputed prompt token, drift's default weight) on
+# the baselines that rank by size: what it buys them, so drift's ordering gain is not all it
+PROMPT_WEIGHT = 0.3
+PROMPT_BASELINES = ("sjf", "srpt_oracle", "oracle")
+PROMPT_ARMS: tuple[Variant, ...] = tuple(
+    Variant(
+        f"{p}+prompt",
+        f"`{p}` ranking by size + {PROMPT_WEIGHT:g} x uncomputed prompt tokens",
+        (f"policy.prompt_weight={PROMPT_WEIGHT}",),
+        p,
+    )
+    for p in PROMPT_BASELINES
+)
+# each against the same baseline as shipped
+BASELINE_ARMS: tuple[Variant, ...] = (*VICTIM_ARMS, *PROMPT_ARMS)
+
+
 def variant_arms() -> list[Arm]:
-    return [Arm(v.label, v.policy, v.overrides) for v in (*VARIANTS, *TAIL_POINTS, *VICTIM_ARMS)]
+    return [Arm(v.label, v.policy, v.overrides) for v in (*VARIANTS, *TAIL_POINTS, *BASELINE_ARMS)]
 
 
 def paired_delta(
@@ -121,7 +143,7 @@ def _row_labels(baselines: Sequence[str]) -> list[str]:
         REFERENCE,
         *(v.label for v in (*VARIANTS, *TAIL_POINTS)),
         *(b for b in baselines if b != REFERENCE),
-        *(v.label for v in VICTIM_ARMS),
+        *(v.label for v in BASELINE_ARMS),
     ]
 
 
@@ -182,7 +204,7 @@ def mechanism_overview(runs: Runs) -> tuple[str, dict[str, Any]]:
     key: dict[str, Any] = {}
     rows = []
     pairs = [(v.label, REFERENCE) for v in (*VARIANTS, *TAIL_POINTS)]
-    pairs += [(v.label, v.policy) for v in VICTIM_ARMS]
+    pairs += [(v.label, v.policy) for v in BASELINE_ARMS]
     for label, ref in pairs:
         row = [f"`{label}` vs `{ref}`"]
         ds = []
@@ -406,7 +428,7 @@ def write_document(
                 v.what,
                 " ".join(f"`{o}`" for o in (f"+policy={v.policy}", *v.overrides)),
             ]
-            for v in (*VARIANTS, *TAIL_POINTS, *VICTIM_ARMS)
+            for v in (*VARIANTS, *TAIL_POINTS, *BASELINE_ARMS)
         ],
     )
     fig = doc.parent / "figures" / f"{doc.stem.lower()}_frontier.png"

@@ -7,7 +7,7 @@ it holds a finished run of the same config, so an interrupted suite resumes). Ev
 the document is computed from those ``summary.json`` files.
 
 Each suite workload is a preset usable alone (``python evaluate.py workload=<name>``; the
-memory-bound one with ``engine=sim_memory_bound``). Presets that are judged with their own
+memory-bound one selects ``engine=sim_memory_bound`` itself). Presets that are judged with their own
 predictor (``workload.predictor``: leave-one-source-out, leave-one-model-out) name the
 ``train.py`` overrides that make it; the suite trains it first when it is missing. Every
 learned policy runs with ``train_overlap`` 0 (``data.holdout``): the suite refuses otherwise.
