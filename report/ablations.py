@@ -64,9 +64,9 @@ VARIANTS: tuple[Variant, ...] = (
         ("policy.prompt_weight=0.0",),
     ),
     Variant(
-        "drift-reclassify",
-        "without re-prediction on events (preempted, or past its predicted median)",
-        ("policy.reclassify=null",),
+        "drift+reclassify",
+        "+ re-prediction on events (preempted, or past its predicted median)",
+        ("policy.reclassify={}",),
     ),
     Variant(
         "drift+preempt",

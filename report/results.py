@@ -846,19 +846,20 @@ def drift_guard_note(mb: Mapping[int, Mapping[str, Path]], seeds: Sequence[int])
     for s in seeds:
         d = mb[s]["drift"]
         pcfg = OmegaConf.load(d / "config.yaml").policy
-        if pcfg.get("max_wait_s") is None:
+        urgency = pcfg.get("urgency") or {}  # drift's mechanisms are config groups (null: off)
+        if urgency.get("max_wait_s") is None:
             return (
-                "Our `drift` policy runs here with its default configuration (no starvation "
-                "guard, no re-prediction: docs/ABLATIONS.md), i.e. admission-time ranking on "
-                "the learned predictor.\n"
+                "Our `drift` policy runs here with its default configuration (learned "
+                "shortest-predicted-work order with the prompt term, the cost-aware memory "
+                "victim, re-prediction on events; no starvation guard: docs/ABLATIONS.md).\n"
             )
-        guard = float(pcfg.max_wait_s) * float(pcfg.guard_fraction)
+        guard = float(urgency["max_wait_s"]) * float(urgency.get("guard_fraction", 0.5))
         rec = load_run(d)[1]
         w = (rec["admitted_s"] - rec["arrival_s"]).to_numpy()
         fracs.append(float(np.mean(w > guard)))
     return (
         f"Our `drift` policy's starvation guard makes a request urgent once it has waited "
-        f"{guard:g} s (`max_wait_s` x `guard_fraction`, conf/policy/drift.yaml; premium requests already "
+        f"{guard:g} s (`urgency.max_wait_s` x `urgency.guard_fraction`; premium requests already "
         "after `slo_fraction` of their TTFT SLO) and serves urgent requests earliest deadline "
         f"first; in the "
         f"micro-batch runs {fmt_ci(fracs, True)} of the requests waited longer than that, so "
