@@ -15,6 +15,7 @@ own order and the cost-aware victim rule instead of vLLM's.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from report.generalisation import (
 )
 from report.jobs import Arm
 from report.results import REPO, _group_minutes, fmt_ci, get, md_table, rel
+from scheduler.policies.drift import DriftPolicy
 
 REFERENCE = "drift"  # the shipped default: every delta is paired against it
 COST_AWARE = "+victim@policy.victim=cost_aware"
@@ -105,7 +107,7 @@ VICTIM_ARMS: tuple[Variant, ...] = tuple(
 
 # the prompt term alone (tokens of work per uncomputed prompt token, drift's default weight) on
 # the baselines that rank by size: what it buys them, so drift's ordering gain is not all it
-PROMPT_WEIGHT = 0.3
+PROMPT_WEIGHT = float(inspect.signature(DriftPolicy).parameters["prompt_weight"].default)
 PROMPT_BASELINES = ("sjf", "srpt_oracle", "oracle")
 PROMPT_ARMS: tuple[Variant, ...] = tuple(
     Variant(

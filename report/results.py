@@ -842,18 +842,21 @@ def drift_guard_note(mb: Mapping[int, Mapping[str, Path]], seeds: Sequence[int])
     """How many requests of the micro-batch ``drift`` run waited past its starvation guard."""
     from omegaconf import OmegaConf
 
+    from scheduler.policies.drift_config import Urgency, from_mapping
+
     fracs, guard = [], float("nan")
     for s in seeds:
         d = mb[s]["drift"]
         pcfg = OmegaConf.load(d / "config.yaml").policy
-        urgency = pcfg.get("urgency") or {}  # drift's mechanisms are config groups (null: off)
-        if urgency.get("max_wait_s") is None:
+        node = pcfg.get("urgency")  # drift's mechanisms are config groups (null: off)
+        urgency = from_mapping(Urgency, None if node is None else dict(node), "urgency")
+        if urgency is None or urgency.max_wait_s is None:
             return (
                 "Our `drift` policy runs here with its default configuration (learned "
-                "shortest-predicted-work order with the prompt term, the cost-aware memory "
-                "victim, re-prediction on events; no starvation guard: docs/ABLATIONS.md).\n"
+                "shortest-predicted-work order with the prompt term and the cost-aware memory "
+                "victim; no starvation guard: docs/ABLATIONS.md).\n"
             )
-        guard = float(urgency["max_wait_s"]) * float(urgency.get("guard_fraction", 0.5))
+        guard = urgency.max_wait_s * urgency.guard_fraction
         rec = load_run(d)[1]
         w = (rec["admitted_s"] - rec["arrival_s"]).to_numpy()
         fracs.append(float(np.mean(w > guard)))

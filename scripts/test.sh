@@ -2,8 +2,8 @@
 # The test command: install (if needed) then run the whole suite, real vLLM tests included.
 #   bash scripts/test.sh            everything (CI: .ci/run)
 #   bash scripts/test.sh --fast     the inner loop: every package, without the tests marked
-#                                   `slow` (>= 5 s each here: whole-pipeline and subprocess runs)
-#                                   and without the real-vLLM tests (`vllm`); ~2 min on 2 cores
+#                                   `slow` (>= 4 s each here: whole-pipeline and subprocess runs)
+#                                   and without the real-vLLM tests (`vllm`); ~3 min on 2 cores
 # Any other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
