@@ -8,6 +8,9 @@
 
 ``blocked_subprocess_env`` gives an environment (and the attempt log) that blocks the network
 in a child Python too, through a generated ``sitecustomize.py``.
+
+``tiny_artifacts`` is the one tiny trained predictor (real LightGBM length + drift, ~3 s),
+trained once per session for every test that serves from a predictor (tests/tiny_predictor.py).
 """
 
 from __future__ import annotations
@@ -19,13 +22,22 @@ from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy/LightGBM start their pools
+
 from report.config_schema import register
 from tests import campaign
 from tests.netblock import block_network, blocked_env
+from tests.tiny_predictor import tiny_artifacts_at
 
 register()  # every test composes the real configs: the policy/engine schemas they name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared tiny length + drift predictor (tests/tiny_predictor.py), trained once."""
+    return tiny_artifacts_at(tmp_path_factory.mktemp("tiny_artifacts"))
 
 
 @pytest.fixture

@@ -1,4 +1,9 @@
-"""One builder for the real, tiny LightGBM length + drift artifacts many tests serve from."""
+"""One builder for the real, tiny LightGBM length + drift artifacts many tests serve from.
+
+``tiny_artifacts_at(root)`` writes *the* tiny predictor: the session fixture ``tiny_artifacts``
+(tests/conftest.py) and the golden cases (tests/scheduler/sim/test_golden.py) serve from it.
+Tests that need a predictor with particular gaps (e.g. one that never saw a generator) build
+their own with ``save_tiny_predictor``."""
 
 from __future__ import annotations
 
@@ -6,6 +11,40 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from scheduler.sim.synthetic import synthetic_frame
+
+WORDS = np.array(
+    [
+        "explain",
+        "summarize",
+        "what",
+        "list",
+        "code",
+        "write",
+        "report",
+        "detail",
+        "brief",
+        "why",
+        "compare",
+        "design",
+    ]
+)
+
+
+def with_prompts(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Add prompt text whose words correlate with the output length (learnable)."""
+    rng = np.random.default_rng(seed)
+    long = df["output_tokens"].to_numpy() > np.median(df["output_tokens"])
+    texts = []
+    for i, is_long in enumerate(long):
+        words = list(rng.choice(WORDS, size=4))
+        words.append("report detail" if is_long else "brief what")
+        texts.append(" ".join(words) + f" item {i}")
+    out = df.copy()
+    out["prompt"] = texts
+    out["prompt_id"] = [f"p{i}" for i in range(len(df))]
+    return out
 
 
 def save_tiny_predictor(
@@ -39,6 +78,17 @@ def save_tiny_predictor(
     d = drift.save(root / "drift", extra_meta={"length_fingerprint": fingerprint(read_meta(p))})
     attach_to_artifact(d, seen)
     return root
+
+
+def tiny_artifacts_at(root: Path) -> Path:
+    """The shared tiny predictor (1,200 synthetic rows with learnable prompts, ~3 s)."""
+    return save_tiny_predictor(
+        root,
+        with_prompts(synthetic_frame(1200, seed=11)),
+        length_trees=20,
+        drift_trees=15,
+        text_dim=8,
+    )
 
 
 # drift's mechanisms beyond admission ranking and its victim rule are config groups, off by

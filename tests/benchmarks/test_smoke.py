@@ -21,16 +21,9 @@ from benchmarks.traces import peer_csv, sim_trace, trace_meta
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real, tiny LightGBM length + drift predictor (the predictor package's own API)."""
-    from tests.scheduler.conftest import synthetic_frame, with_prompts
-    from tests.tiny_predictor import save_tiny_predictor
-
-    return save_tiny_predictor(
-        tmp_path_factory.mktemp("artifacts"),
-        with_prompts(synthetic_frame(800, seed=3)),
-        drift_trees=10,
-    )
+def artifacts(tiny_artifacts: Path) -> Path:
+    """The session's shared tiny predictor (tests/conftest.py)."""
+    return tiny_artifacts
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import pytest
 from predictor.features import Featurizer, generator_descriptors
 from predictor.lgbm import LightGBMLength
 from predictor.refit import IncrementalRefit
-from tests.scheduler.conftest import synthetic_frame, with_prompts
+from scheduler.sim.synthetic import synthetic_frame
+from tests.tiny_predictor import with_prompts
 
 
 @pytest.fixture(scope="module")

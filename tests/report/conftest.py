@@ -72,22 +72,6 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.fixture(scope="session")
-def suite_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real (tiny) LightGBM length + drift predictor for the suite and ablation tests."""
-    import numpy as np
-
-    from scheduler.sim.synthetic import synthetic_frame
-    from tests.tiny_predictor import save_tiny_predictor
-
-    df = synthetic_frame(600, seed=3)
-    rng = np.random.default_rng(0)
-    words = np.array(["explain", "summarize", "list", "write", "report", "brief"])
-    df["prompt"] = [" ".join(rng.choice(words, size=5)) + f" {i}" for i in range(len(df))]
-    df["prompt_id"] = [f"p{i}" for i in range(len(df))]
-    return save_tiny_predictor(tmp_path_factory.mktemp("suite_artifacts"), df)
-
-
 def suite_args(tmp: Path, artifacts: Path) -> list[str]:
     """Command-line arguments of a reduced suite/ablation run into ``tmp`` on ``artifacts``."""
     return [

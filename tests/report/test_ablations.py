@@ -32,7 +32,7 @@ def test_variants_switch_exactly_one_mechanism_relative_to_the_shipped_default()
 
 @pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_quick_ablations_write_the_document(
-    suite_artifacts: Path,
+    tiny_artifacts: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -40,7 +40,7 @@ def test_quick_ablations_write_the_document(
     monkeypatch.setitem(gen.PLANS, "quick", plan)
     monkeypatch.setattr(abl, "LOW_LOADS", (0.5,))
     doc = tmp_path / "ABL.md"
-    key = abl.main([*suite_args(tmp_path, suite_artifacts), "--doc", str(doc)])
+    key = abl.main([*suite_args(tmp_path, tiny_artifacts), "--doc", str(doc)])
     text = doc.read_text()
     for part in (
         "## Arms",

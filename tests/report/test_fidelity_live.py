@@ -16,7 +16,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from scheduler.policies.fifo import FIFOPolicy  # noqa: E402
 from scheduler.sim.synthetic import synthetic_frame  # noqa: E402
-from tests.scheduler.conftest import tiny_artifacts  # noqa: E402, F401 (the shared fixture)
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -106,7 +105,7 @@ def _evaluate_cfg(tmp_path: Path, tiny_cache: str, *over: str):
         )
 
 
-def test_evaluate_engine_vllm_end_to_end(tiny_cache, tiny_artifacts, tmp_path):  # noqa: F811
+def test_evaluate_engine_vllm_end_to_end(tiny_cache, tiny_artifacts, tmp_path):
     """report.jobs.evaluate with engine=vllm: capacity probe, head of the workload, outputs."""
     import pandas as pd
 

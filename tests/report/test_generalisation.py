@@ -44,12 +44,12 @@ def test_every_suite_preset_runs_alone_on_its_engine(entry: gen.Entry) -> None:
 
 @pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_quick_suite_writes_the_document(
-    suite_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     plan = replace(gen.PLANS["quick"], n_requests=60, entries=("unseen_prompts", "memory_bound"))
     monkeypatch.setitem(gen.PLANS, "quick", plan)
     doc = tmp_path / "GEN.md"
-    key = gen.main([*suite_args(tmp_path, suite_artifacts), "--doc", str(doc)])
+    key = gen.main([*suite_args(tmp_path, tiny_artifacts), "--doc", str(doc)])
     text = doc.read_text()
     for part in ("## Reading", "## Headroom capture", "### unseen_prompts", "### memory_bound"):
         assert part in text

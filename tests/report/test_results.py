@@ -18,21 +18,6 @@ os.environ.setdefault("DRIFTSCHED_PROGRESS", "off")
 from report import results
 
 
-@pytest.fixture(scope="module")
-def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real (tiny) LightGBM length + drift predictor, so the test needs no `train.py` run."""
-    from scheduler.sim.synthetic import synthetic_frame
-    from tests.tiny_predictor import save_tiny_predictor
-
-    root = tmp_path_factory.mktemp("artifacts")
-    df = synthetic_frame(600, seed=3)
-    rng = np.random.default_rng(0)
-    words = np.array(["explain", "summarize", "list", "write", "report", "brief"])
-    df["prompt"] = [" ".join(rng.choice(words, size=5)) + f" {i}" for i in range(len(df))]
-    df["prompt_id"] = [f"p{i}" for i in range(len(df))]
-    return save_tiny_predictor(root, df)
-
-
 def _records(rows: list[tuple[int, float, float, int]]) -> pd.DataFrame:
     return pd.DataFrame(
         {

@@ -24,9 +24,9 @@ from scheduler.policies.uniboost import BoostTable, UniBoostPolicy
 from scheduler.request import SchedRequest, Status
 from scheduler.sim.engine import SimEngine
 from scheduler.sim.synthetic import synthetic_frame
-from tests.scheduler.conftest import with_prompts
 from tests.scheduler.sim.test_sim_fast_forward import assert_identical, both, random_case
 from tests.scheduler.test_policies import frame, single_server_mean_e2e
+from tests.tiny_predictor import with_prompts
 
 
 def reqs(rows: list[tuple[str, float, int, int]]) -> list[SchedRequest]:

@@ -13,7 +13,7 @@ from scheduler.engine import requests_from_frame
 from scheduler.faults import GuardedLengths
 from scheduler.policies.estimates import LearnedLengths, level_values, make_online
 from scheduler.sim.synthetic import synthetic_frame
-from tests.scheduler.conftest import with_prompts
+from tests.tiny_predictor import with_prompts
 
 
 def _requests(n: int = 60, seed: int = 3, model: str = "unknown") -> list:

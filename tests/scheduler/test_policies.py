@@ -23,8 +23,7 @@ from scheduler.policies.weighted_fair import WeightedFairPolicy
 from scheduler.sim.cost import LinearCostModel
 from scheduler.sim.engine import SimEngine
 from scheduler.sim.synthetic import synthetic_frame
-from tests.scheduler.conftest import with_prompts
-from tests.tiny_predictor import DRIFT_MECHANISMS, drift_kwargs
+from tests.tiny_predictor import DRIFT_MECHANISMS, drift_kwargs, with_prompts
 
 # constant step time: a request of T output tokens needs exactly T steps (1-token prompts)
 UNIT = LinearCostModel(c0=1.0, c_token=0.0, c_kv=0.0)

@@ -20,7 +20,7 @@ from report.jobs import build_policy, compose
 from scheduler.engine import requests_from_frame
 from scheduler.sim.engine import SimEngine
 from scheduler.sim.synthetic import synthetic_frame
-from tests.scheduler.conftest import with_prompts
+from tests.tiny_predictor import with_prompts
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "policy"
 

@@ -413,8 +413,8 @@ def test_baselines_serve_every_request_live_and_leave_no_state(kv, tiny_artifact
     from scheduler.policies.tie import TIEPolicy
     from scheduler.policies.trail import TrailPolicy
     from scheduler.policies.uniboost import UniBoostPolicy
-    from tests.scheduler.conftest import with_prompts
     from tests.scheduler.test_baselines import _no_state_left
+    from tests.tiny_predictor import with_prompts
 
     make = {
         "uniboost": lambda: UniBoostPolicy(

@@ -36,8 +36,10 @@ from scheduler.policies.fifo import FIFOPolicy  # noqa: E402
 from scheduler.records import check_records  # noqa: E402
 from scheduler.sim.synthetic import synthetic_frame  # noqa: E402
 from tests import campaign  # noqa: E402
-from tests.scheduler.conftest import with_prompts  # noqa: E402
-from tests.tiny_predictor import drift_kwargs, save_tiny_predictor  # noqa: E402
+from tests.tiny_predictor import (  # noqa: E402
+    drift_kwargs,
+    with_prompts,
+)
 
 ENGINE_KW = dict(max_num_seqs=4, kv_cache_gib=0.25, max_model_len=256, progress=False)
 
@@ -62,13 +64,9 @@ def count(key: str, n: int = 1) -> None:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> Path:
-    """A real tiny length + drift predictor (as tests/scheduler/conftest.py's, ~3 s)."""
-    return save_tiny_predictor(
-        tmp_path_factory.mktemp("artifacts"),
-        with_prompts(synthetic_frame(600, seed=11)),
-        text_dim=8,
-    )
+def artifacts(tiny_artifacts: Path) -> Path:
+    """The session's shared tiny predictor (tests/conftest.py)."""
+    return tiny_artifacts
 
 
 @pytest.fixture(scope="module")

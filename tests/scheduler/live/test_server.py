@@ -24,8 +24,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from scheduler.faults import ClientAction  # noqa: E402
 from scheduler.sim.synthetic import synthetic_frame  # noqa: E402
-from tests.scheduler.conftest import with_prompts  # noqa: E402
-from tests.tiny_predictor import save_tiny_predictor  # noqa: E402
+from tests.tiny_predictor import with_prompts  # noqa: E402
 
 MAX_MODEL_LEN = 256
 SERVER_ARGS = [
@@ -42,19 +41,16 @@ SERVER_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_artifacts):
     from scheduler.live.http_client import ServerProcess
 
     root = tmp_path_factory.mktemp("serve")
-    arts = save_tiny_predictor(
-        root / "artifacts", with_prompts(synthetic_frame(600, seed=11)), text_dim=8
-    )
     cache = str(root / "cache")
     srv = ServerProcess(
         policy="drift",
         args=[*SERVER_ARGS, "--cache-dir", cache],
         sink=root / "sink",
-        predictor_dir=str(arts),
+        predictor_dir=str(tiny_artifacts),
         log=root / "server.log",
         env={"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"},
     )

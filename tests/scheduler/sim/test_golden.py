@@ -2,7 +2,7 @@
 
 ``golden.json`` was written by the engine *before* the event loop was split into phases (issue
 17); every refactor of ``scheduler/sim/`` must reproduce it exactly. Cases cover the policies
-(the learned ones on the tiny predictor of ``tests/scheduler/conftest.py``), both modes, both
+(the learned ones on the tiny predictor of ``tests/tiny_predictor.py``), both modes, both
 stepping paths (``fast_forward`` on and off), KV pressure that forces preemptions, a
 ``max_model_len`` that aborts long prompts, chunked prefill and three cost models.
 
@@ -53,9 +53,8 @@ from scheduler.policies.weighted_fair import WeightedFairPolicy
 from scheduler.sim.cost import LinearCostModel
 from scheduler.sim.engine import SimEngine
 from scheduler.sim.synthetic import synthetic_frame
-from tests.scheduler.conftest import with_prompts
 from tests.scheduler.sim.test_sim_fast_forward import HorizonFIFO, OpaqueCost
-from tests.tiny_predictor import DRIFT_MECHANISMS, drift_kwargs
+from tests.tiny_predictor import DRIFT_MECHANISMS, drift_kwargs, with_prompts
 
 GOLDEN = Path(__file__).with_name("golden.json")
 SEEDS = (0, 1, 2)
@@ -224,8 +223,9 @@ def pinned_env() -> dict[str, str]:
     return env
 
 
-@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
-def test_golden_records_steps_and_meta() -> None:
+@pytest.fixture(scope="module")
+def computed() -> dict[str, dict]:
+    """Every case's digest, computed once in a child process with the kernels pinned."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "got.json"
         subprocess.run(
@@ -234,12 +234,26 @@ def test_golden_records_steps_and_meta() -> None:
             check=True,
             timeout=1800,
         )
-        got = json.loads(out.read_text())
-    golden = json.loads(GOLDEN.read_text())
-    assert sorted(got) == sorted(golden), "case list changed: regenerate golden.json on purpose"
-    bad = [cid for cid in golden if got[cid] != golden[cid]]
-    detail = {cid: {"got": got[cid], "golden": golden[cid]} for cid in bad[:3]}
-    assert not bad, f"{len(bad)} cases differ from golden.json, e.g. {json.dumps(detail)}"
+        return json.loads(out.read_text())
+
+
+GOLDEN_CASES = sorted(json.loads(GOLDEN.read_text()))  # engine setup / policy / seed / stepping
+
+
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
+def test_golden_case_list_is_the_code_case_list(computed: dict[str, dict]) -> None:
+    assert sorted(computed) == GOLDEN_CASES, "case list changed: regenerate golden.json on purpose"
+
+
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
+@pytest.mark.parametrize("case", GOLDEN_CASES)
+def test_golden_case(case: str, computed: dict[str, dict]) -> None:
+    """Records, steps and run stats of one case (``setup/policy/seedN/ff|step``) are unchanged."""
+    golden = json.loads(GOLDEN.read_text())[case]
+    assert case in computed, f"{case} is no longer computed: regenerate golden.json on purpose"
+    got = computed[case]
+    diff = {k: {"got": got[k], "golden": golden[k]} for k in golden if got.get(k) != golden[k]}
+    assert not diff, f"{case} differs from golden.json: {json.dumps(diff)}"
 
 
 def test_golden_covers_preemptions_aborts_and_fast_forward() -> None:
@@ -254,16 +268,10 @@ def test_golden_covers_preemptions_aborts_and_fast_forward() -> None:
 
 def compute() -> dict[str, dict]:
     """Every case's digest, on the tiny predictor of the ``tiny_artifacts`` fixture."""
-    from tests.tiny_predictor import save_tiny_predictor
+    from tests.tiny_predictor import tiny_artifacts_at
 
     with tempfile.TemporaryDirectory() as tmp:
-        art = save_tiny_predictor(  # the parameters of the tiny_artifacts fixture
-            Path(tmp),
-            with_prompts(synthetic_frame(1200, seed=11)),
-            length_trees=20,
-            drift_trees=15,
-            text_dim=8,
-        )
+        art = tiny_artifacts_at(Path(tmp))
         return {cid: thunk() for cid, thunk in cases(str(art))}
 
 

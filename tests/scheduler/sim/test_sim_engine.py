@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 import pandas as pd
@@ -17,11 +16,11 @@ from scheduler.policies.priority import PriorityPolicy
 from scheduler.policies.weighted import WeightedPolicy
 from scheduler.policies.weighted_fair import WeightedFairPolicy
 from scheduler.records import RECORD_COLUMNS
-from scheduler.request import Status
 from scheduler.sim.cost import LinearCostModel, fit_vidur_mlp
-from scheduler.sim.engine import SimEngine, SimState
+from scheduler.sim.engine import SimEngine
 from scheduler.sim.profiles import PROFILES, VIDUR_DIR, build_profile
 from scheduler.sim.synthetic import synthetic_frame
+from tests.scheduler.sim.invariants import StepInvariants
 
 POLICIES = [
     FIFOPolicy,
@@ -33,39 +32,9 @@ POLICIES = [
 ]
 
 
-class InvariantChecker:
-    """Checks the engine state after every step (the randomised 'blast' test)."""
-
-    def __init__(self, engine: SimEngine) -> None:
-        self.engine = engine
-        self.steps = 0
-        self.last_now = -math.inf
-
-    def __call__(self, s: SimState) -> None:
-        self.steps += 1
-        assert s.now >= self.last_now
-        self.last_now = s.now
-        # KV blocks are never over-allocated and the accounting balances
-        assert 0 <= s.free_blocks <= s.num_blocks
-        assert sum(s.held) + s.free_blocks == s.num_blocks
-        assert len(s.running) <= self.engine.max_num_seqs
-        assert sum(c for _, c in s.scheduled) <= self.engine.max_num_batched_tokens
-        running_ids = {r.index for r in s.running}
-        assert len(running_ids) == len(s.running)
-        assert not running_ids & set(s.waiting)
-        for r in s.running:
-            assert r.status is Status.RUNNING
-            assert s.held[r.index] == -(-r.num_computed_tokens // s.block_size)
-            assert r.num_computed_tokens <= r.prompt_tokens + r.num_output_tokens
-            assert r.num_output_tokens < s.targets[r.index]
-        for idx, r in s.waiting.items():
-            assert r.status is Status.WAITING and s.held[idx] == 0
-            assert r.num_computed_tokens == 0
-
-
 def run_checked(df: pd.DataFrame, policy, **kw):
     eng = SimEngine(**kw)
-    chk = InvariantChecker(eng)
+    chk = StepInvariants(eng)
     eng.observer = chk
     res = eng.run(df, policy)
     assert chk.steps == len(res.steps) > 0

@@ -28,8 +28,7 @@ from scheduler.request import SchedRequest, Status
 from scheduler.sim.cost import LinearCostModel
 from scheduler.sim.engine import SimEngine, SimState, partial_result
 from scheduler.sim.synthetic import synthetic_frame
-from tests.scheduler.conftest import with_prompts
-from tests.tiny_predictor import drift_kwargs
+from tests.tiny_predictor import drift_kwargs, with_prompts
 
 FF_STATS = ("fast_forward_windows", "fast_forward_steps", "aggregate_steps")
 

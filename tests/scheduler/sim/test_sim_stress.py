@@ -4,9 +4,8 @@ Seeded random workloads (random sizes, Poisson traffic with bursts of simultaneo
 tiers, heavy-tailed lengths, prompts too long for the context window, generation caps) run on a
 tiny KV cache so memory preemption is frequent, in continuous and micro-batch mode. Checked:
 
-* per step (engine observer): KV blocks never over-allocated (free >= 0, held blocks sum to
-  the used blocks, only running requests hold blocks, each holds enough for its computed
-  tokens), generated tokens never exceed the target;
+* per step: every invariant of :class:`tests.scheduler.sim.invariants.StepInvariants` (the
+  one checker the engine tests use too: KV accounting, batch limits, request states);
 * per run: the steps table's ``kv_tokens`` never exceeds capacity; every request appears exactly
   once, finished or (prompt >= context window) aborted; tokens conserved (output_tokens == the
   trace's true length, capped by max_tokens / context); per-request timestamps monotonic;
@@ -38,9 +37,9 @@ from hydra import compose, initialize_config_dir
 from data.schema import TIERS
 from report.jobs import build_policy
 from scheduler.engine import requests_from_frame
-from scheduler.request import Status
-from scheduler.sim.engine import SimEngine, SimState
-from tests.predictor.test_artifacts_safety import WORDS, train_tiny_artifacts
+from scheduler.sim.engine import SimEngine
+from tests.predictor.test_artifacts_safety import WORDS
+from tests.scheduler.sim.invariants import StepInvariants
 
 pytestmark = pytest.mark.reliability  # the campaign of docs/RELIABILITY.md
 
@@ -53,8 +52,9 @@ STATIC_KEY = ("fifo", "priority", "aging")  # key depends on tier and arrival on
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_artifacts(tmp_path_factory.mktemp("stress_artifacts"))
+def artifacts(tiny_artifacts: Path) -> Path:
+    """The session's shared tiny predictor (tests/conftest.py)."""
+    return tiny_artifacts
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -100,7 +100,7 @@ def random_workload(rng: np.random.Generator, capacity: int) -> pd.DataFrame:
     )
 
 
-def random_engine(rng: np.random.Generator, observer) -> SimEngine:
+def random_engine(rng: np.random.Generator) -> SimEngine:
     block = int(rng.choice([1, 4, 16]))
     blocks = int(rng.integers(max(4, 64 // block), max(8, 1024 // block)))
     cap = blocks * block
@@ -111,26 +111,7 @@ def random_engine(rng: np.random.Generator, observer) -> SimEngine:
         num_gpu_blocks=blocks,
         mode="microbatch" if rng.random() < 0.2 else "continuous",
         microbatch_size=int(rng.integers(1, 8)),
-        observer=observer,
     )
-
-
-def step_checks(s: SimState) -> None:
-    """Per-step KV and progress invariants (the engine's live state after each step)."""
-    used = s.num_blocks - s.free_blocks
-    assert 0 <= s.free_blocks <= s.num_blocks, f"step {s.step}: free blocks {s.free_blocks}"
-    assert sum(s.held) == used, f"step {s.step}: held {sum(s.held)} != used {used}"
-    running = {r.index for r in s.running}
-    for i, h in enumerate(s.held):
-        assert h >= 0 and (h == 0 or i in running), f"step {s.step}: request {i} holds {h}"
-    for r in s.running:
-        assert r.status is Status.RUNNING
-        assert s.held[r.index] * s.block_size >= r.num_computed_tokens, f"step {s.step}: {r}"
-        assert r.num_output_tokens <= s.targets[r.index]
-    for r in s.waiting.values():
-        assert r.status is Status.WAITING and s.held[r.index] == 0
-    COUNTS["steps_observed"] += 1
-    COUNTS["invariant_checks"] += 4 + 2 * len(s.running) + len(s.waiting) + len(s.held)
 
 
 def record_checks(df: pd.DataFrame, eng: SimEngine, res, name: str) -> None:
@@ -228,7 +209,8 @@ def test_invariants_under_random_stress(name: str, artifacts: Path) -> None:
     for run in range(RUNS_PER_POLICY):
         seed = 1000 * POLICIES.index(name) + run
         rng = np.random.default_rng(seed)
-        eng = random_engine(rng, step_checks)
+        eng = random_engine(rng)
+        eng.observer = StepInvariants(eng, COUNTS)
         df = random_workload(rng, eng.num_gpu_blocks * eng.block_size)
         policy = make_policy(name, artifacts, np.random.default_rng([seed, 1]))
         where = f"{name} seed={seed} mode={eng.mode}"
@@ -243,6 +225,7 @@ def test_invariants_under_random_stress(name: str, artifacts: Path) -> None:
             drift_urgency(df, res.records, policy, where)
         # determinism: the same workload and a fresh policy give identical records
         if run == 0:
+            eng.observer = StepInvariants(eng, COUNTS)  # a new run: time starts again
             again = eng.run(df, make_policy(name, artifacts, np.random.default_rng([seed, 1])))
             pd.testing.assert_frame_equal(res.records, again.records)
         COUNTS["workloads"] += 1
