@@ -26,6 +26,7 @@ import os
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,19 @@ def _rows(summaries: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+@dataclass
+class _Setup:
+    """What every arm shares: the replayed workload and how to serve and score it."""
+
+    wl: Any  # the workload's head, at the offered rate
+    cap: float  # capacity (req/s) an in-process engine of the same settings measured
+    slos: Any  # per-tier SLOs of the workload (scheduler.metrics.workload_slos)
+    tok: Any  # the tiny model's tokenizer
+    out: Path  # records, logs, the table
+    server_args: list[str]  # vLLM settings every server starts with
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--policies", default="fifo,sjf,drift,vllm_fcfs,vllm_priority")
     ap.add_argument("--n", type=int, default=60, help="requests (the workload's head)")
@@ -83,18 +96,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=2, help="rounds (fresh servers each)")
     ap.add_argument("--out", default=None, help="directory for records and the table")
-    a = ap.parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    return ap.parse_args(argv)
 
-    import numpy as np
+
+def _setup(a: argparse.Namespace) -> _Setup:
+    """Draw the workload, measure capacity in process, set the rate; load the tokenizer."""
     from transformers import AutoTokenizer
 
     from data.presets import workload_from_config
     from report.fidelity import compose_config
     from scheduler.live.engine import VllmEngine
-    from scheduler.live.http_client import ServerProcess, run_http
     from scheduler.live.tiny_model import TinyModelSpec, ensure_tiny_model
-    from scheduler.metrics import summarize, workload_slos
+    from scheduler.metrics import workload_slos
 
     cfg = compose_config("fifo", [f"seed={a.seed}"])
     wl = workload_from_config(cfg.workload, seed=a.seed).head(a.n)
@@ -111,55 +124,72 @@ def main(argv: list[str] | None = None) -> None:
         "--max-model-len", str(a.max_model_len), "--enforce-eager",
         "--distributed-executor-backend", "uni", "--seed", str(a.seed),
     ]  # fmt: skip
-    arms = a.policies.split(",")
-    rounds: list[dict[str, Any]] = []  # per round: arm -> its comparison row
-    metas: dict[str, Any] = {}
-    for rnd in range(a.repeats):
-        # Rotate the order each round: on a shared machine the load drifts over minutes, and
-        # a fixed order would hand one arm the same slot every time.
-        order = arms[rnd % len(arms) :] + arms[: rnd % len(arms)]
-        summaries: dict[str, Any] = {}
-        for arm in order:
-            tag = f"{arm}-r{rnd}"
-            stock = arm if arm.startswith("vllm_") else None
-            t = time.monotonic()
-            with ServerProcess(
-                policy=arm,
-                args=args,
-                sink=None if stock else out / f"sink-{tag}",
-                predictor_dir=a.predictor_dir,
-                log=out / f"server-{tag}.log",
-                env={"VLLM_CPU_KVCACHE_SPACE": "1"},
-            ) as srv:
-                start_s = time.monotonic() - t
-                _warm(srv.url)
-                run = run_http(
-                    srv.url,
-                    wl,
-                    model="tiny",
-                    tokenizer=tok,
-                    max_model_len=a.max_model_len,
-                    vocab_size=int(tok.vocab_size),
-                    sink=srv.sink,
-                    name=arm,
-                    stock=stock,
-                    seed=a.seed,
-                    timeout_s=900.0,
-                )
-            run.records.to_parquet(out / f"records-{tag}.parquet")
-            summaries[arm] = summarize(run.records, slos)
-            ss = run.meta["server_summary"]
-            metas[tag] = {
-                "server_start_s": round(start_s, 1),
-                "wall_s": round(run.meta["wall_s"], 1),
-                "policy_faults": ss.get("faults"),
-                "decode_us_per_prompt": ss.get("decode_us_per_prompt"),
-                "n_without_metadata": ss.get("n_without_metadata"),
-            }
-            print(f"{tag}: {metas[tag]}", flush=True)
-        rounds.append(_rows(summaries))
-        print(md_table(list(rounds[-1].values())), flush=True)
-    # the table: per arm, the median over rounds of each column
+    return _Setup(wl, cap, slos, tok, out, args)
+
+
+def _run_arm(a: argparse.Namespace, s: _Setup, arm: str, tag: str) -> tuple[Any, dict[str, Any]]:
+    """One arm on a fresh server: (its record table, its server facts)."""
+    from scheduler.live.http_client import ServerProcess, run_http
+
+    stock = arm if arm.startswith("vllm_") else None
+    t = time.monotonic()
+    with ServerProcess(
+        policy=arm,
+        args=s.server_args,
+        sink=None if stock else s.out / f"sink-{tag}",
+        predictor_dir=a.predictor_dir,
+        log=s.out / f"server-{tag}.log",
+        env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+    ) as srv:
+        start_s = time.monotonic() - t
+        _warm(srv.url)
+        run = run_http(
+            srv.url,
+            s.wl,
+            model="tiny",
+            tokenizer=s.tok,
+            max_model_len=a.max_model_len,
+            vocab_size=int(s.tok.vocab_size),
+            sink=srv.sink,
+            name=arm,
+            stock=stock,
+            seed=a.seed,
+            timeout_s=900.0,
+        )
+    ss = run.meta["server_summary"]
+    meta = {
+        "server_start_s": round(start_s, 1),
+        "wall_s": round(run.meta["wall_s"], 1),
+        "policy_faults": ss.get("faults"),
+        "decode_us_per_prompt": ss.get("decode_us_per_prompt"),
+        "n_without_metadata": ss.get("n_without_metadata"),
+    }
+    return run.records, meta
+
+
+def _round(
+    a: argparse.Namespace, s: _Setup, arms: list[str], rnd: int, metas: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Every arm once (fresh servers); its comparison rows. Server facts go into ``metas``."""
+    from scheduler.metrics import summarize
+
+    # Rotate the order each round: on a shared machine the load drifts over minutes, and
+    # a fixed order would hand one arm the same slot every time.
+    order = arms[rnd % len(arms) :] + arms[: rnd % len(arms)]
+    summaries: dict[str, Any] = {}
+    for arm in order:
+        tag = f"{arm}-r{rnd}"
+        records, metas[tag] = _run_arm(a, s, arm, tag)
+        records.to_parquet(s.out / f"records-{tag}.parquet")
+        summaries[arm] = summarize(records, s.slos)
+        print(f"{tag}: {metas[tag]}", flush=True)
+    return _rows(summaries)
+
+
+def _median_rows(arms: list[str], rounds: list[dict[str, dict[str, Any]]]) -> list[dict]:
+    """Per arm, the median over rounds of each column."""
+    import numpy as np
+
     rows = []
     for arm in arms:
         per = [r[arm] for r in rounds]
@@ -168,19 +198,32 @@ def main(argv: list[str] | None = None) -> None:
             if c != "arm":
                 row[c] = float(np.nanmedian([float(x[c]) for x in per]))
         rows.append(row)
-    md = md_table(rows)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = _parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    s = _setup(a)
+    arms = a.policies.split(",")
+    rounds: list[dict[str, Any]] = []  # per round: arm -> its comparison row
+    metas: dict[str, Any] = {}
+    for rnd in range(a.repeats):
+        rounds.append(_round(a, s, arms, rnd, metas))
+        print(md_table(list(rounds[-1].values())), flush=True)
+    md = md_table(_median_rows(arms, rounds))
     info = (
         f"{a.n} requests of the default workload at {a.utilisation} x capacity "
-        f"({cap:.2f} req/s, {a.utilisation * cap:.2f} req/s), tiny model on CPU, "
+        f"({s.cap:.2f} req/s, {a.utilisation * s.cap:.2f} req/s), tiny model on CPU, "
         f"max_num_seqs={a.max_num_seqs}, seed {a.seed}; median of {a.repeats} round(s), "
         "arm order rotated per round"
     )
     print(info)
     print(md)
-    (out / "table.md").write_text(info + "\n\n" + md + "\n")
-    (out / "meta.json").write_text(
+    (s.out / "table.md").write_text(info + "\n\n" + md + "\n")
+    (s.out / "meta.json").write_text(
         json.dumps(
-            {"arms": metas, "rounds": rounds, "capacity_rps": cap, "info": info},
+            {"arms": metas, "rounds": rounds, "capacity_rps": s.cap, "info": info},
             indent=1,
             default=float,
         )

@@ -39,6 +39,35 @@ class StreamResult:
     order: np.ndarray  # completion order (stream indices)
 
 
+@dataclass
+class _EvalSet:
+    """The fixed evaluation rows scored at every checkpoint."""
+
+    F: Any  # their features (refits re-predict from them)
+    y: np.ndarray  # (m,) true lengths
+    groups: list[Hashable]  # calibration group of each row
+    raw: np.ndarray  # (m, 2) the served model's raw (p50, p90)
+
+    @classmethod
+    def of(cls, est: Any, rows: pd.DataFrame | None) -> _EvalSet | None:
+        if rows is None:
+            return None
+        F = est.featurize(rows)
+        y = rows["output_tokens"].to_numpy(np.float64)
+        return cls(F, y, groups_of(rows), est.predict_features(F))
+
+    def score(self, calibrator: Any | None, completed: int, tokens: float) -> dict[str, Any]:
+        """MAE, tau and p90 coverage with the corrections of this moment."""
+        p = self.raw if calibrator is None else calibrator.adjust(self.groups, self.raw)
+        return {
+            "completed": completed,
+            "tokens": tokens,
+            "mae": mae(self.y, p[:, 0]),
+            "tau": kendall_tau(self.y, p[:, 0]),
+            "p90_coverage": coverage(self.y, p[:, 1]),
+        }
+
+
 def run_stream(
     est: Any,
     stream: pd.DataFrame,
@@ -55,10 +84,7 @@ def run_stream(
     raw = est.predict_features(F)
     y = stream["output_tokens"].to_numpy(np.float64)
     groups = groups_of(stream)
-    Fe = est.featurize(eval_rows) if eval_rows is not None else None
-    ye = eval_rows["output_tokens"].to_numpy(np.float64) if eval_rows is not None else None
-    ge = groups_of(eval_rows) if eval_rows is not None else []
-    raw_e = est.predict_features(Fe) if Fe is not None else None
+    ev = _EvalSet.of(est, eval_rows)
     n = len(y)
     adm = np.zeros((n, 2))
     run: list[int] = []
@@ -67,23 +93,8 @@ def run_stream(
     cps: list[dict[str, Any]] = []
     marks = sorted({c for c in checkpoints if c <= n})
     tokens = 0.0
-
-    def checkpoint(c: int) -> None:
-        if raw_e is None:
-            return
-        p = raw_e if calibrator is None else calibrator.adjust(ge, raw_e)
-        cps.append(
-            {
-                "completed": c,
-                "tokens": tokens,
-                "mae": mae(ye, p[:, 0]),
-                "tau": kendall_tau(ye, p[:, 0]),
-                "p90_coverage": coverage(ye, p[:, 1]),
-            }
-        )
-
-    if marks and marks[0] == 0:
-        checkpoint(0)
+    if ev is not None and marks and marks[0] == 0:
+        cps.append(ev.score(calibrator, 0, tokens))
     nxt = 0
     # serve while requests keep arriving; a finite stream's drain (only the longest requests
     # left, finishing last) would bias every late completion long, so it is not simulated
@@ -97,35 +108,62 @@ def run_stream(
             run.append(nxt)
             att.append(0.0)
             nxt += 1
-        a = np.asarray(att)
-        rem = y[run] - a
-        k = int(np.argmin(rem))
-        a += rem[k]
-        i = run.pop(k)
-        a = np.delete(a, k)
-        att = a.tolist()
+        i, att = _finish_shortest(y, run, att)
         if calibrator is not None:
-            if censored and run:
-                calibrator.observe_running(run, [groups[j] for j in run], att, raw[run])
-            calibrator.update_one(
-                groups[i], float(y[i]), raw[i], **({"key": i} if censored else {})
-            )
+            _learn(calibrator, censored, i, run, att, groups, y, raw)
         done.append(i)
         tokens += y[i]
         if refit is not None and refit.add(F[i : i + 1], y[i : i + 1]):
-            # the served model changed: re-predict, and rebase the calibrator's residuals
-            raw = refit.current.predict_features(F)
-            if raw_e is not None:
-                raw_e = refit.current.predict_features(Fe)
-            if isinstance(calibrator, CensoredCalibrator):
-                # the stored residuals refer to the old model, and the refitted model's
-                # residuals on its own training rows are too small: start from the warm start
-                # and learn from the completions that follow (running states are refreshed
-                # with the new predictions at the next observe_running)
-                calibrator.reset_observations()
-        if len(done) in marks:
-            checkpoint(len(done))
+            raw = _rebase(refit, calibrator, F, ev)
+        if ev is not None and len(done) in marks:
+            cps.append(ev.score(calibrator, len(done), tokens))
     return StreamResult(cps, adm, y, np.asarray(done))
+
+
+def _finish_shortest(y: np.ndarray, run: list[int], att: list[float]) -> tuple[int, list[float]]:
+    """Advance every running request until the one closest to its length finishes; remove it
+    from ``run`` and return (its stream index, the others' attained tokens)."""
+    a = np.asarray(att)
+    rem = y[run] - a
+    k = int(np.argmin(rem))
+    a += rem[k]
+    i = run.pop(k)
+    a = np.delete(a, k)
+    return i, a.tolist()
+
+
+def _learn(
+    calibrator: Any,
+    censored: bool,
+    i: int,
+    run: list[int],
+    att: list[float],
+    groups: list[Hashable],
+    y: np.ndarray,
+    raw: np.ndarray,
+) -> None:
+    """Request ``i`` finished: the calibrator learns its length (exact) and, for a censored
+    method, the running requests' attained tokens (lengths known to exceed them)."""
+    if censored and run:
+        calibrator.observe_running(run, [groups[j] for j in run], att, raw[run])
+    calibrator.update_one(groups[i], float(y[i]), raw[i], **({"key": i} if censored else {}))
+
+
+def _rebase(
+    refit: IncrementalRefit, calibrator: Any | None, F: Any, ev: _EvalSet | None
+) -> np.ndarray:
+    """The served model changed: re-predict the stream (returned) and the evaluation rows,
+    and rebase the calibrator's residuals."""
+    raw = refit.current.predict_features(F)
+    if ev is not None:
+        ev.raw = refit.current.predict_features(ev.F)
+    if isinstance(calibrator, CensoredCalibrator):
+        # the stored residuals refer to the old model, and the refitted model's
+        # residuals on its own training rows are too small: start from the warm start
+        # and learn from the completions that follow (running states are refreshed
+        # with the new predictions at the next observe_running)
+        calibrator.reset_observations()
+    return raw
 
 
 METHODS: dict[str, str] = {

@@ -293,9 +293,39 @@ def markdown(res: dict[str, Any], wall_s: float) -> str:
         "combined ceiling, cold and prequential online (levels model, tenant, category; rows "
         "in a seeded random order, completions at arrival + 0.03 s/token).",
         "",
+        _ceilings_table(res["ceilings"]),
+        "",
+        "### LightGBM vs factorised on every split, cold and online",
+        "",
+        "Each split's models train on the same rows (`python train.py` with the preset's "
+        "`predictor.train` overrides); *test split* = its held-out test rows (random order), "
+        "*workload* = the preset's 3,000 requests (seed 0; default: `unseen_prompts`) in "
+        "arrival order. Online levels: `m+t+c` = model, tenant, category; `+prompt` adds the "
+        "near-duplicate prompt key (completions of the same prompt by other generators).",
+        "",
     ]
+    lines += _split_tables(res["splits"])
+    lines += [
+        "### Admission latency (default workload, batch 64, one thread)",
+        "",
+        _latency_table(res["latency"]),
+        "",
+        "### Targets (issue 22; LightGBM, the default)",
+        "",
+        "The default stays LightGBM: the factorised model is behind it on every split but "
+        "`long_generators` cold (`predictor=factorised` trains it; length only).",
+        "",
+        md_table(["target", "measured", "met"], targets(res)),
+        "",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def _ceilings_table(ceilings: dict[str, Any]) -> str:
+    """Per source x model: the three ceilings, our tau and its share of the ceilings."""
     rows = []
-    for src, c in res["ceilings"].items():
+    for src, c in ceilings.items():
         for m, s in c["models"].items():
             rows.append(
                 [
@@ -315,37 +345,31 @@ def markdown(res: dict[str, Any], wall_s: float) -> str:
                     _fmt(s["online_within"] / c["prompt_tau_within"]),
                 ]
             )
-    lines += [
-        md_table(
-            [
-                "source",
-                "rows",
-                "generators",
-                "prompt ceiling tau",
-                "prompt ceiling tau within gen",
-                "generator ceiling tau",
-                "combined ceiling tau",
-                "model",
-                "tau cold",
-                "share cold",
-                "tau online",
-                "share online",
-                "within-gen share cold",
-                "within-gen share online",
-            ],
-            rows,
-        ),
-        "",
-        "### LightGBM vs factorised on every split, cold and online",
-        "",
-        "Each split's models train on the same rows (`python train.py` with the preset's "
-        "`predictor.train` overrides); *test split* = its held-out test rows (random order), "
-        "*workload* = the preset's 3,000 requests (seed 0; default: `unseen_prompts`) in "
-        "arrival order. Online levels: `m+t+c` = model, tenant, category; `+prompt` adds the "
-        "near-duplicate prompt key (completions of the same prompt by other generators).",
-        "",
-    ]
-    df = pd.DataFrame(res["splits"])
+    return md_table(
+        [
+            "source",
+            "rows",
+            "generators",
+            "prompt ceiling tau",
+            "prompt ceiling tau within gen",
+            "generator ceiling tau",
+            "combined ceiling tau",
+            "model",
+            "tau cold",
+            "share cold",
+            "tau online",
+            "share online",
+            "within-gen share cold",
+            "within-gen share online",
+        ],
+        rows,
+    )
+
+
+def _split_tables(split_rows: list[dict[str, Any]]) -> list[str]:
+    """One table per set of online levels (columns empty at those levels dropped)."""
+    lines: list[str] = []
+    df = pd.DataFrame(split_rows)
     for lv, g in df.groupby("levels", sort=False):
         cols = [c for c in g.columns if c != "levels" and not g[c].isna().all()]
         lines += [
@@ -354,33 +378,23 @@ def markdown(res: dict[str, Any], wall_s: float) -> str:
             md_table(cols, [[_fmt(v) for v in r] for r in g[cols].itertuples(index=False)]),
             "",
         ]
-    lat = res["latency"]
-    lines += [
-        "### Admission latency (default workload, batch 64, one thread)",
-        "",
-        md_table(
-            ["model", "featurize us/req", "admission us/req", "total us/req"],
+    return lines
+
+
+def _latency_table(lat: dict[str, dict]) -> str:
+    """Featurize + admission cost per model."""
+    return md_table(
+        ["model", "featurize us/req", "admission us/req", "total us/req"],
+        [
             [
-                [
-                    k,
-                    _fmt(v["featurize_us_per_request"]),
-                    _fmt(v["admission_us_per_request"]),
-                    _fmt(v["featurize_us_per_request"] + v["admission_us_per_request"]),
-                ]
-                for k, v in lat.items()
-            ],
-        ),
-        "",
-        "### Targets (issue 22; LightGBM, the default)",
-        "",
-        "The default stays LightGBM: the factorised model is behind it on every split but "
-        "`long_generators` cold (`predictor=factorised` trains it; length only).",
-        "",
-        md_table(["target", "measured", "met"], targets(res)),
-        "",
-        END,
-    ]
-    return "\n".join(lines)
+                k,
+                _fmt(v["featurize_us_per_request"]),
+                _fmt(v["admission_us_per_request"]),
+                _fmt(v["featurize_us_per_request"] + v["admission_us_per_request"]),
+            ]
+            for k, v in lat.items()
+        ],
+    )
 
 
 def write_section(doc: Path, text: str) -> None:

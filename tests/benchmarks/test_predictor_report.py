@@ -14,12 +14,14 @@ import pandas as pd
 import pytest
 
 from benchmarks import predictor_report as rep
+from benchmarks.predictor_config import QUICK
+from benchmarks.predictor_splits import Base
 from data.splits import grouped_split
 from scheduler.sim.synthetic import synthetic_frame
 from tests.tiny_predictor import with_prompts
 
 
-def _base() -> rep.Base:
+def _base() -> Base:
     df = with_prompts(synthetic_frame(2400, seed=4))
     rng = np.random.default_rng(0)
     src = rng.choice(["castillo", "alpaca_eval", "sharegpt"], size=len(df))
@@ -51,13 +53,13 @@ def _base() -> rep.Base:
         {"source": "castillo", "models": ["llama-8b-instruct"], "categories": ["code"]},
         {"source": "alpaca_eval", "models": ["gen-a-7b"], "categories": None},
     ]
-    return rep.Base(sp.train, sp.val, sp.test, df.iloc[:0], mix)
+    return Base(sp.train, sp.val, sp.test, df.iloc[:0], mix)
 
 
 @pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_report_has_every_section_and_finite_numbers(tmp_path: Path) -> None:
     rc = replace(
-        rep.QUICK,
+        QUICK,
         max_train_rows=1200,
         max_val_rows=300,
         max_test_rows=400,
