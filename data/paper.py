@@ -29,18 +29,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from data.config_checks import _check_fields, _to_container, check_number
 from data.loaders import load_source
 from data.paper_templates import BASE_BUDGET, CATEGORIES, PREFIX, TEMPLATES, TOPICS
 from data.schema import TIER_SLOS
 from data.tokens import count_tokens
-from data.workload import (
-    MixItem,
-    TenantSpec,
-    Workload,
-    _check_fields,
-    check_number,
-    spawn_streams,
-)
+from data.workload import Workload, spawn_streams
+from data.workload_spec import MixItem, TenantSpec
 
 # paper category -> CASTILLO categories whose real lengths stand in for it (data.loaders sets
 # CASTILLO ``category`` to the Dolly task label, or "code"/"instruction"/"chat" by dataset)
@@ -109,8 +104,6 @@ class PaperSpec:
     @classmethod
     def from_config(cls, cfg: Any) -> PaperSpec:
         """From conf/workload/paper.yaml (an OmegaConf node) or a dict."""
-        from data.workload import _to_container
-
         d = _to_container(cfg)
         d.pop("_target_", None)
         d.pop("preset", None)

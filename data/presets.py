@@ -1,6 +1,6 @@
 """Workload config nodes -> data objects (the ``workload`` config group), without Hydra.
 
-``conf/workload/*.yaml`` hold a multi-tenant :class:`data.workload.WorkloadSpec`
+``conf/workload/*.yaml`` hold a multi-tenant :class:`data.workload_spec.WorkloadSpec`
 (``preset: tenants``), the paper's :class:`data.paper.PaperSpec` (``preset: paper``) or a trace
 replay (``preset: trace``). This module reads a node already composed (by Hydra in the entry
 points, or by :func:`report.presets.compose_workload_config`); it never composes one itself.
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from data.workload import Workload, WorkloadSpec, _to_container, build_workload
+from data.config_checks import _to_container
+from data.workload import Workload, build_workload
+from data.workload_spec import WorkloadSpec
 
 PRESETS = ("tenants", "paper", "trace")
 
@@ -40,7 +42,7 @@ def check_load(utilisation: Any, rate_rps: Any = None) -> None:
     engine's capacity, > 0; above 1 overloads the engine on purpose). Both come from the
     command line (``utilisation=0.9``, ``rate_rps=4``), so strings and NaN are caught here.
     """
-    from data.workload import check_number
+    from data.config_checks import check_number
 
     if rate_rps is not None:
         check_number("rate_rps", rate_rps, gt=0)

@@ -35,18 +35,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from data.arrivals import ArrivalSpec, _arrival_from_dict, process_arrivals
+from data.config_checks import _check_fields, _to_container, check_number
 from data.schema import TIER_SLOS, TIERS, filter_rows
-from data.workload import (
-    ArrivalSpec,
-    MixItem,
-    TenantSpec,
-    Workload,
-    _arrival_from_dict,
-    _check_fields,
-    check_number,
-    process_arrivals,
-    spawn_streams,
-)
+from data.workload import Workload, spawn_streams
+from data.workload_spec import MixItem, TenantSpec
 
 
 @dataclass(frozen=True)
@@ -90,8 +83,6 @@ class TraceSpec:
 
     @classmethod
     def from_config(cls, cfg: Any) -> TraceSpec:
-        from data.workload import _to_container
-
         d = _to_container(cfg)
         d.pop("preset", None)
         _check_fields("workload (preset: trace)", d, cls)
@@ -123,6 +114,40 @@ def build_trace_workload(spec: TraceSpec, seed: int = 0) -> Workload:
     df = load_trace_file(path, fill_defaults=spec.fill_defaults)
     reports: list[str] = [f"{where}: {len(df):,} requests read"]
     rngs = spawn_streams(seed)
+    df = _arrivals(df, spec, where, rngs, reports)
+    if spec.n_requests is not None and spec.n_requests < len(df):
+        reports.append(f"{where}: the first {spec.n_requests:,} of {len(df):,} requests")
+        df = df.iloc[: spec.n_requests].reset_index(drop=True)
+    df = _tiers(df, spec, where, reports)
+    if spec.unseen_by:
+        df = _drop_seen(df, spec, where, reports)
+    df = _cap_outputs(df, spec, where, reports)
+    tenants = _tenant_specs(df, spec, where)
+    by = {t.name: t for t in tenants}
+    df["slo_ttft_s"] = [by[t].slo_ttft_s for t in df["tenant"]]
+    df["slo_e2e_s"] = [by[t].slo_e2e_s for t in df["tenant"]]
+    df["source_request_id"] = df["request_id"]
+    w = Workload(
+        requests=df.reset_index(drop=True),
+        tenants=tenants,
+        name=spec.name,
+        seed=int(seed),
+        arrival=f"trace file {where}",
+        reports=tuple(reports),
+        spec=None,
+    )
+    return replace(w, reports=(*w.reports, f"{w.distinct_prompts():,} distinct prompts"))
+
+
+def _arrivals(
+    df: pd.DataFrame,
+    spec: TraceSpec,
+    where: str,
+    rngs: dict[str, np.random.Generator],
+    reports: list[str],
+) -> pd.DataFrame:
+    """Rows in arrival order with ``arrival_s`` from 0: the file's own times (sorted stably)
+    where every row has one, else times drawn from ``spec.arrival``."""
     if "arrival_s" in df.columns and df["arrival_s"].notna().all():
         t = df["arrival_s"].to_numpy(dtype=np.float64)
         order = np.argsort(t, kind="stable")
@@ -130,41 +155,48 @@ def build_trace_workload(spec: TraceSpec, seed: int = 0) -> Workload:
             reports.append(f"{where}: rows sorted by arrival_s (the file was not in time order)")
         df = df.iloc[order].reset_index(drop=True)
         df["arrival_s"] = df["arrival_s"] - float(df["arrival_s"].iat[0])
-    else:
-        if "arrival_s" in df.columns and df["arrival_s"].notna().any():
-            bad = np.flatnonzero(df["arrival_s"].isna().to_numpy())[:10].tolist()
-            raise ValueError(
-                f"{where}: column 'arrival_s' is set on some rows but missing on row(s) {bad}; "
-                "expected it on every row (or on none: then workload.arrival generates them)"
-            )
-        if spec.arrival.kind == "servegen":
-            raise ValueError(
-                "workload.arrival.kind 'servegen': a trace without arrival_s takes poisson, "
-                "gamma or replay arrivals"
-            )
-        df["arrival_s"] = process_arrivals(spec.arrival, len(df), rngs)
-        reports.append(f"{where}: no arrival_s; arrivals {spec.arrival.describe()}")
-    if spec.n_requests is not None and spec.n_requests < len(df):
-        reports.append(f"{where}: the first {spec.n_requests:,} of {len(df):,} requests")
-        df = df.iloc[: spec.n_requests].reset_index(drop=True)
-    df = _tiers(df, spec, where, reports)
-    if spec.unseen_by:
-        from data.holdout import resolve_seen, seen_filter_reason
+        return df
+    if "arrival_s" in df.columns and df["arrival_s"].notna().any():
+        bad = np.flatnonzero(df["arrival_s"].isna().to_numpy())[:10].tolist()
+        raise ValueError(
+            f"{where}: column 'arrival_s' is set on some rows but missing on row(s) {bad}; "
+            "expected it on every row (or on none: then workload.arrival generates them)"
+        )
+    if spec.arrival.kind == "servegen":
+        raise ValueError(
+            "workload.arrival.kind 'servegen': a trace without arrival_s takes poisson, "
+            "gamma or replay arrivals"
+        )
+    df["arrival_s"] = process_arrivals(spec.arrival, len(df), rngs)
+    reports.append(f"{where}: no arrival_s; arrivals {spec.arrival.describe()}")
+    return df
 
-        seen = resolve_seen(spec.unseen_by, reports)
-        if seen is not None:
-            keep, why = seen_filter_reason(
-                seen,
-                df,
-                f"{where}: prompts the predictor never trained on (unseen_by={spec.unseen_by})",
-            )
-            df, rep = filter_rows(df, keep, why)
-            reports.append(str(rep))
-            if df.empty:
-                raise ValueError(
-                    f"{where}: every prompt was seen by the predictor ({spec.unseen_by}); "
-                    "nothing is left to evaluate"
-                )
+
+def _drop_seen(df: pd.DataFrame, spec: TraceSpec, where: str, reports: list[str]) -> pd.DataFrame:
+    """Only the prompts the predictor ``spec.unseen_by`` never trained on (a reported filter)."""
+    from data.holdout import resolve_seen, seen_filter_reason
+
+    seen = resolve_seen(spec.unseen_by, reports)
+    if seen is None:
+        return df
+    keep, why = seen_filter_reason(
+        seen,
+        df,
+        f"{where}: prompts the predictor never trained on (unseen_by={spec.unseen_by})",
+    )
+    df, rep = filter_rows(df, keep, why)
+    reports.append(str(rep))
+    if df.empty:
+        raise ValueError(
+            f"{where}: every prompt was seen by the predictor ({spec.unseen_by}); "
+            "nothing is left to evaluate"
+        )
+    return df
+
+
+def _cap_outputs(df: pd.DataFrame, spec: TraceSpec, where: str, reports: list[str]) -> pd.DataFrame:
+    """Fill ``max_tokens`` where the file has none (the config's cap, else the longest output)
+    and cap true outputs there; ``output_tokens_uncapped`` keeps the true length."""
     if "max_tokens" not in df.columns or df["max_tokens"].isna().all():
         cap = spec.max_tokens or int(df["output_tokens"].max())
         df["max_tokens"] = cap
@@ -181,21 +213,7 @@ def build_trace_workload(spec: TraceSpec, seed: int = 0) -> Workload:
         )
     df["output_tokens_uncapped"] = out
     df["output_tokens"] = np.minimum(out, cap)
-    tenants = _tenant_specs(df, spec, where)
-    by = {t.name: t for t in tenants}
-    df["slo_ttft_s"] = [by[t].slo_ttft_s for t in df["tenant"]]
-    df["slo_e2e_s"] = [by[t].slo_e2e_s for t in df["tenant"]]
-    df["source_request_id"] = df["request_id"]
-    w = Workload(
-        requests=df.reset_index(drop=True),
-        tenants=tenants,
-        name=spec.name,
-        seed=int(seed),
-        arrival=f"trace file {where}",
-        reports=tuple(reports),
-        spec=None,
-    )
-    return replace(w, reports=(*w.reports, f"{w.distinct_prompts():,} distinct prompts"))
+    return df
 
 
 def _tiers(df: pd.DataFrame, spec: TraceSpec, where: str, reports: list[str]) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.workload import arrival_cv
+from data.arrivals import arrival_cv
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "workload"
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from data.config_checks import _to_container
 from data.presets import workload_from_config
-from data.workload import Workload, _to_container
+from data.workload import Workload
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from data import loaders
+from data.arrivals import ARRIVAL_KINDS, REPLAY_TRACES
 from data.loaders import servegen as sg
 from data.presets import check_load, workload_from_config
-from data.workload import ARRIVAL_KINDS, REPLAY_TRACES
 from report.presets import compose_workload_config, load_workload
 from tests.campaign import record
 
@@ -232,7 +232,7 @@ def test_servegen_model_list_matches_the_shipped_file():
 
 def test_default_config_still_builds(default_cfg):
     """The validation accepts every shipped preset (guards against over-strict checks)."""
-    from data.workload import WorkloadSpec
+    from data.workload_spec import WorkloadSpec
 
     for name in ("default", "gamma", "poisson", "mooncake", "servegen"):
         WorkloadSpec.from_config(compose_workload_config(name))

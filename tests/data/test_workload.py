@@ -4,22 +4,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.presets import workload_from_config
-from data.workload import (
+from data.arrivals import (
     ArrivalSpec,
-    MixItem,
-    TenantSpec,
-    WorkloadSpec,
     arrival_cv,
-    build_workload,
-    default_spec,
     gamma_arrivals,
     poisson_arrivals,
     replay_arrivals,
-    spawn_streams,
-    spec_to_dict,
     trace_times,
 )
+from data.presets import workload_from_config
+from data.workload import build_workload, default_spec, spawn_streams
+from data.workload_spec import MixItem, TenantSpec, WorkloadSpec, spec_to_dict
 from report.presets import compose_workload_config, load_workload
 
 SMALL = replace(default_spec(), n_requests=600)
@@ -185,7 +180,7 @@ def test_default_workload_draws_only_prompts_the_predictor_never_saw():
 
 
 def test_pool_draws_spread_repeats_evenly():
-    from data.workload import _draw_rows
+    from data.tenant_mix import _draw_rows
 
     rng = np.random.default_rng(0)
     rows = _draw_rows(7, 30, rng)

@@ -7,13 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.exceptions import NotFittedError
 
-from predictor.features import (
-    LEXICAL_NAMES,
-    MAX_PROMPT_CHARS,
-    UNKNOWN_CODE,
-    Featurizer,
-    lexical_features,
-)
+from predictor.features import UNKNOWN_CODE, Featurizer
+from predictor.lexical import LEXICAL_NAMES, MAX_PROMPT_CHARS, lexical_features
 
 
 @pytest.fixture(scope="module")

@@ -19,21 +19,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.feature_extraction.text import CountVectorizer
 
-from predictor import features as feat
-from predictor.features import (
+from predictor import lexical
+from predictor.features import CATEGORICAL, UNKNOWN_CODE, Featurizer, prompt_tokens_of
+from predictor.lexical import (
     _CASE_TWINS,
     _CUE_RES,
     _CUES,
     _UNIT_WORDS,
     _WORD_COUNT_RE,
-    CATEGORICAL,
     LEXICAL_NAMES,
     MAX_PROMPT_CHARS,
     PAPER_CATEGORIES,
-    UNKNOWN_CODE,
-    Featurizer,
     lexical_features,
-    prompt_tokens_of,
 )
 from predictor.paper import classify_category
 
@@ -194,7 +191,7 @@ def test_transform_is_unchanged_by_the_cached_vectorizer(
 
 
 def test_module_has_no_stale_names() -> None:
-    assert set(feat._CUE_ANCHORS) == set(_CUES) == set(feat._CUE_FIRST)
+    assert set(lexical._CUE_ANCHORS) == set(_CUES) == set(lexical._CUE_FIRST)
 
 
 def reference_transform(f: Featurizer, df: pd.DataFrame, training: bool = False) -> np.ndarray:
