@@ -104,7 +104,7 @@ def prune_minilm(
     from safetensors.torch import save_file
     from transformers import AutoModel, AutoTokenizer, BertTokenizerFast
 
-    from predictor.transformer import encoder_path
+    from predictor.transformer_model import encoder_path
 
     src = encoder_path()
     tok = AutoTokenizer.from_pretrained(src)

@@ -19,7 +19,12 @@ def fit_drift(est: Any, sp: EvalSplit, rc: ReportConfig) -> Any:
     admission predictions of ``est``, at most ``rc.drift_traces`` traces)."""
     from data.schema import filter_rows
     from predictor.lgbm import LightGBMDrift
-    from predictor.training import _text_columns, crossfit_admission, drift_traces, has_output_text
+    from predictor.training_drift import (
+        crossfit_admission,
+        drift_traces,
+        has_output_text,
+        text_columns,
+    )
 
     p = conf_params("drift")
     rng = np.random.default_rng(rc.seed + 7)
@@ -36,7 +41,7 @@ def fit_drift(est: Any, sp: EvalSplit, rc: ReportConfig) -> Any:
     adm = crossfit_admission(est, F, y, dtr, 2, rc.seed)
     va = sp.val.iloc[: rc.max_val_rows]
     Fv = est.featurize(va)
-    tx, cut = _text_columns(dtr)
+    tx, cut = text_columns(dtr)
     drift = LightGBMDrift(**p)
     drift.fit(
         F,
@@ -46,7 +51,7 @@ def fit_drift(est: Any, sp: EvalSplit, rc: ReportConfig) -> Any:
             Fv,
             va["output_tokens"].to_numpy(np.float64),
             est.predict_features(Fv),
-            *_text_columns(va),
+            *text_columns(va),
         ),
         feature_names=est.featurizer_.feature_names,
         categorical_indices=est.featurizer_.categorical_indices,
@@ -63,7 +68,7 @@ def drift_section(
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     from predictor.metrics import DRIFT_POINTS
-    from predictor.training import _text_columns, has_output_text, score_drift
+    from predictor.training_drift import has_output_text, score_drift, text_columns
 
     rows: list[dict[str, Any]] = []
     est = models[("default", "in_distribution")]
@@ -81,7 +86,7 @@ def drift_section(
         F = e.featurize(te)
         adm = e.predict_features(F)
         y = te["output_tokens"].to_numpy(np.float64)
-        tx, cut = _text_columns(te)
+        tx, cut = text_columns(te)
         for r in score_drift(d, F, adm, y, DRIFT_POINTS, tx, cut):
             rows.append({"split": name, **r})
         has = has_output_text(te)

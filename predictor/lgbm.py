@@ -1,4 +1,4 @@
-"""LightGBM length and drift models (the only module that imports lightgbm).
+"""LightGBM length and drift models: fitting and prediction (sklearn-style estimators).
 
 * :class:`LightGBMLength`: quantile regression (p50, p90) on log output length from
   :class:`predictor.features.Featurizer` features. With an ``eval_set`` it early-stops and
@@ -8,37 +8,29 @@
   + features of the partial output text where a trace has one (``predictor.text_progress``;
   NaN otherwise, LightGBM's missing branch).
 
-Serving batches of the length model (fewer than ``SMALL_BATCH`` rows) are predicted by
-:mod:`predictor.fast_trees`, a compiled walker of the same text models (equal predictions,
-2-3x faster at batch 64, ~6x at batch 1); larger batches and training use LightGBM.
+The boosters themselves (training, scoring, LightGBM text files) live in
+:mod:`predictor.lgbm_boosters`, the only lightgbm importer. Serving batches (fewer than
+``SMALL_BATCH`` rows) are predicted by :mod:`predictor.fast_trees`, a compiled walker of the
+same text models (equal predictions, 2-3x faster at batch 64, ~6x at batch 1); larger batches
+and training use LightGBM.
 
-Artifacts: ``model_q50.txt``/``model_q90.txt`` (LightGBM text), ``featurizer.json`` +
-``featurizer.safetensors`` (length only), ``text_ngram.safetensors`` (drift with text n-grams),
-``meta.json`` (see ``predictor.artifacts``).
+Artifacts (``save``/``load``, :mod:`predictor.lgbm_artifacts`): ``model_q50.txt``/
+``model_q90.txt`` (LightGBM text), ``featurizer.json`` + ``featurizer.safetensors`` (length
+only), ``text_ngram.safetensors`` (drift with text n-grams), ``meta.json``
+(see ``predictor.artifacts``).
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
 from predictor import fast_trees
-from predictor.artifacts import (
-    TRAIN_COMMAND,
-    ArtifactError,
-    load_arrays,
-    read_meta,
-    save_arrays,
-    write_meta,
-)
 from predictor.base import QUANTILES, LengthEstimator, check_frame, check_lengths, finish_quantiles
 from predictor.drift_data import (
     DRIFT_EXTRA_NAMES,
@@ -48,163 +40,16 @@ from predictor.drift_data import (
     text_progress_points,
 )
 from predictor.features import Featurizer
+from predictor.lgbm_artifacts import load_drift, load_length, save_drift, save_length
+from predictor.lgbm_boosters import (
+    SMALL_BATCH,
+    cached_forest,
+    continue_quantiles,
+    predict_scores,
+    train_quantiles,
+)
 from predictor.metrics import DRIFT_POINTS
 from predictor.text_progress import TEXT_FEATURE_NAMES, NgramScore, text_features
-
-
-def _booster_params(est: Any, alpha: float) -> dict[str, Any]:
-    return {
-        "objective": "quantile",
-        "alpha": alpha,
-        "learning_rate": est.learning_rate,
-        "num_leaves": est.num_leaves,
-        "min_data_in_leaf": est.min_child_samples,
-        "feature_fraction": est.feature_fraction,
-        "bagging_fraction": est.bagging_fraction,
-        "bagging_freq": 1 if est.bagging_fraction < 1.0 else 0,
-        "lambda_l2": est.lambda_l2,
-        "num_threads": est.num_threads,
-        "seed": est.random_state,
-        "deterministic": True,
-        "force_row_wise": True,
-        "verbosity": -1,
-        "max_bin": 127,
-        "cat_smooth": 10.0,
-        "max_cat_to_onehot": 8,
-    }
-
-
-def _train_quantiles(
-    est: Any,
-    F: np.ndarray,
-    target: np.ndarray,
-    cat_idx: list[int],
-    names: list[str],
-    eval_set: tuple[np.ndarray, np.ndarray] | None,
-) -> tuple[list[lgb.Booster], list[int]]:
-    boosters, best = [], []
-    for alpha in est.quantiles:
-        ds = lgb.Dataset(
-            F,
-            target,
-            feature_name=names,
-            categorical_feature=cat_idx,
-            free_raw_data=True,
-            params={"max_bin": 127, "verbosity": -1},
-        )
-        valid, callbacks = [], []
-        if eval_set is not None:
-            valid = [lgb.Dataset(eval_set[0], eval_set[1], reference=ds)]
-            callbacks = [lgb.early_stopping(est.early_stopping_rounds, verbose=False)]
-        b = lgb.train(
-            _booster_params(est, alpha),
-            ds,
-            num_boost_round=est.n_estimators,
-            valid_sets=valid,
-            callbacks=callbacks,
-        )
-        it = (
-            b.best_iteration if b.best_iteration and b.best_iteration > 0 else b.current_iteration()
-        )
-        boosters.append(b)
-        best.append(int(it))
-    return boosters, best
-
-
-def fit_rank_booster(
-    F: np.ndarray,
-    y: np.ndarray,
-    names: list[str],
-    cat_idx: list[int],
-    *,
-    objective: str = "rank_xendcg",
-    group_size: int = 32,
-    levels: int = 16,
-    n_estimators: int = 300,
-    learning_rate: float = 0.06,
-    num_leaves: int = 63,
-    min_child_samples: int = 40,
-    num_threads: int = 1,
-    random_state: int = 0,
-) -> lgb.Booster:
-    """A LightGBM ranker of output length over random groups of ``group_size`` rows (the
-    requests waiting together); relevance = the row's length rank in its group, binned to
-    ``levels`` grades (longer = higher). Its raw score orders requests by expected length."""
-    if objective not in ("lambdarank", "rank_xendcg"):
-        raise ValueError(f"rank objective must be lambdarank or rank_xendcg, got {objective!r}")
-    rng = np.random.default_rng(random_state)
-    order = rng.permutation(len(y))
-    F, y = F[order], np.asarray(y, dtype=np.float64)[order]
-    n_groups = max(1, len(y) // group_size)
-    bounds = np.linspace(0, len(y), n_groups + 1).astype(np.int64)
-    label = np.zeros(len(y), dtype=np.int64)
-    for a, b in itertools.pairwise(bounds):
-        r = np.argsort(np.argsort(y[a:b] + rng.random(b - a) * 1e-3))  # ties broken at random
-        label[a:b] = (r * levels) // max(b - a, 1)
-    ds = lgb.Dataset(
-        F,
-        label,
-        group=np.diff(bounds),
-        feature_name=names,
-        categorical_feature=cat_idx,
-        params={"max_bin": 127, "verbosity": -1},
-    )
-    params = {
-        "objective": objective,
-        "learning_rate": learning_rate,
-        "num_leaves": num_leaves,
-        "min_data_in_leaf": min_child_samples,
-        "feature_fraction": 0.8,
-        "bagging_fraction": 0.8,
-        "bagging_freq": 1,
-        "num_threads": num_threads,
-        "seed": random_state,
-        "deterministic": True,
-        "force_row_wise": True,
-        "verbosity": -1,
-        "max_bin": 127,
-        "label_gain": list(range(levels)),
-        "lambdarank_truncation_level": group_size,
-    }
-    return lgb.train(params, ds, num_boost_round=n_estimators)
-
-
-def _load_booster(path: Path) -> lgb.Booster:
-    try:
-        return lgb.Booster(model_file=str(path))
-    except (lgb.basic.LightGBMError, OSError, ValueError) as e:
-        raise ArtifactError(
-            f"{path}: not a readable LightGBM model ({e}); retrain with `{TRAIN_COMMAND}`"
-        ) from e
-
-
-SMALL_BATCH = 4096  # below this many rows prediction runs on one thread (see _predict)
-
-
-def _predict(
-    boosters: list[lgb.Booster], best: list[int], X: np.ndarray, num_threads: int
-) -> np.ndarray:
-    # Serving batches (tens of rows) are ~20x faster on one thread: OpenMP start-up and
-    # contention on a shared 2-core machine dominate (measured 13 vs 300 us/request at 64).
-    nt = 1 if X.shape[0] < SMALL_BATCH else num_threads
-    return np.column_stack(
-        [b.predict(X, num_iteration=it, num_threads=nt) for b, it in zip(boosters, best)]
-    )
-
-
-def _cached_forest(est: Any) -> fast_trees.CompiledForest | None:
-    """``est``'s boosters compiled by ``predictor.fast_trees`` (built on first use, rebuilt
-    after a refit), or None when ``est.fast_predict`` is off or the walker is unavailable."""
-    if not est.fast_predict:
-        return None
-    # keyed on the boosters list itself (held, so a refit's new list is never mistaken for it)
-    # and the iterations used
-    its = tuple(est.best_iteration_)
-    cached = getattr(est, "_fast", None)
-    if cached is None or cached[0] is not est.boosters_ or cached[1] != its:
-        forest = fast_trees.compile_boosters(est.boosters_, list(its))
-        est._fast = (est.boosters_, its, forest)
-    return est._fast[2]
 
 
 class LightGBMLength(LengthEstimator):
@@ -308,7 +153,7 @@ class LightGBMLength(LengthEstimator):
         if not hasattr(self, "featurizer_"):
             raise NotFittedError("fit_features needs featurizer_; use fit(X, y)")
         ev = None if eval_set is None else (eval_set[0], np.log(eval_set[1]))
-        self.boosters_, self.best_iteration_ = _train_quantiles(
+        self.boosters_, self.best_iteration_ = train_quantiles(
             self,
             F,
             np.log(y),
@@ -319,7 +164,7 @@ class LightGBMLength(LengthEstimator):
         self.p90_shift_ = 0.0
         if eval_set is not None and self.calibrate:
             # Split-conformal shift in log space: validation coverage of p90 becomes quantiles[1].
-            lq = _predict(self.boosters_, self.best_iteration_, eval_set[0], self.num_threads)
+            lq = predict_scores(self.boosters_, self.best_iteration_, eval_set[0], self.num_threads)
             resid = np.log(eval_set[1]) - lq[:, 1]
             self.p90_shift_ = float(np.quantile(resid, self.quantiles[1]))
         self.fitted_ = True
@@ -346,14 +191,14 @@ class LightGBMLength(LengthEstimator):
             return np.zeros((0, 2))
         forest = self._forest() if F.shape[0] < SMALL_BATCH else None
         if forest is not None:
-            lq = forest.predict_raw(F)  # equal to _predict's LightGBM scores, bit for bit
+            lq = forest.predict_raw(F)  # equal to predict_scores' LightGBM scores, bit for bit
         else:
-            lq = _predict(self.boosters_, self.best_iteration_, F, self.num_threads)
+            lq = predict_scores(self.boosters_, self.best_iteration_, F, self.num_threads)
         lq[:, 1] += self.p90_shift_
         return finish_quantiles(lq)
 
     def _forest(self) -> fast_trees.CompiledForest | None:
-        return _cached_forest(self)
+        return cached_forest(self)
 
     def continue_fit(self, F: np.ndarray, y: np.ndarray, rounds: int) -> LightGBMLength:
         """A new estimator: these quantile models plus ``rounds`` trees each fitted on
@@ -366,22 +211,14 @@ class LightGBMLength(LengthEstimator):
             raise ValueError(f"continue_fit needs rounds >= 1, got {rounds}")
         new = LightGBMLength(**self.get_params())
         new.featurizer_ = self.featurizer_
-        new.boosters_, new.best_iteration_ = [], []
-        for alpha, b, it in zip(self.quantiles, self.boosters_, self.best_iteration_):
-            params = _booster_params(self, alpha)
-            # a few hundred rows: leaves small enough to split at all
-            params["min_data_in_leaf"] = int(min(self.min_child_samples, max(5, len(yv) // 20)))
-            base = lgb.Booster(model_str=b.model_to_string(num_iteration=it))
-            ds = lgb.Dataset(
-                F,
-                np.log(yv),
-                feature_name=self.featurizer_.feature_names,
-                categorical_feature=self.featurizer_.categorical_indices,
-                params={"max_bin": 127, "verbosity": -1},
-            )
-            nb = lgb.train(params, ds, num_boost_round=rounds, init_model=base)
-            new.boosters_.append(nb)
-            new.best_iteration_.append(int(nb.current_iteration()))
+        new.boosters_, new.best_iteration_ = continue_quantiles(
+            self,
+            F,
+            np.log(yv),
+            rounds,
+            self.featurizer_.feature_names,
+            self.featurizer_.categorical_indices,
+        )
         new.p90_shift_ = self.p90_shift_
         new.fitted_ = True
         return new
@@ -397,54 +234,13 @@ class LightGBMLength(LengthEstimator):
             out[f"gain_q{int(q * 100)}"] = b.feature_importance("gain")
         return out.sort_values(out.columns[1], ascending=False).reset_index(drop=True)
 
-    # --- artifacts -----------------------------------------------------------------------
+    # --- artifacts (predictor.lgbm_artifacts) --------------------------------------------
     def save(self, directory: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
-        self._check_fitted()
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        for q, b, it in zip(self.quantiles, self.boosters_, self.best_iteration_):
-            b.save_model(str(d / f"model_q{int(q * 100)}.txt"), num_iteration=it)
-        fmeta, arrays = self.featurizer_.state()
-        (d / "featurizer.json").write_text(json.dumps(fmeta))
-        if arrays:
-            save_arrays(d / "featurizer.safetensors", arrays)
-        write_meta(
-            d,
-            self.kind,
-            {
-                "hyperparameters": self.get_params(),
-                "p90_shift": self.p90_shift_,
-                "best_iteration": self.best_iteration_,
-                "feature_names": self.featurizer_.feature_names,
-                **(extra_meta or {}),
-            },
-        )
-        return d
+        return save_length(self, directory, extra_meta)
 
     @classmethod
     def load(cls, directory: str | Path) -> LightGBMLength:
-        d = Path(directory)
-        meta = read_meta(d, (cls.kind,))
-        hp = dict(meta["hyperparameters"])
-        hp["quantiles"] = tuple(hp["quantiles"])
-        est = cls(**hp)
-        try:
-            fmeta = json.loads((d / "featurizer.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ArtifactError(
-                f"{d / 'featurizer.json'}: unreadable ({e}); retrain with `{TRAIN_COMMAND}`"
-            ) from e
-        arrays = load_arrays(d / "featurizer.safetensors") if fmeta.get("vocabulary") else {}
-        try:
-            est.featurizer_ = Featurizer.from_state(fmeta, arrays)
-        except (KeyError, ValueError, TypeError) as e:
-            raise ArtifactError(f"{d}: featurizer state is invalid ({e})") from e
-        est.boosters_ = [_load_booster(d / f"model_q{int(q * 100)}.txt") for q in est.quantiles]
-        est.best_iteration_ = [b.current_iteration() for b in est.boosters_]
-        est.p90_shift_ = float(meta["p90_shift"])
-        est.meta_ = meta
-        est.fitted_ = True
-        return est
+        return load_length(cls, directory)
 
 
 class LightGBMDrift(BaseEstimator):
@@ -581,7 +377,7 @@ class LightGBMDrift(BaseEstimator):
         X, target, tx, r, t = self._rows(F, yv, adm, rng, texts, texts_truncated)
         names = [all_names[i] for i in self.used_columns_]
         names += list(DRIFT_EXTRA_NAMES)
-        self.text_feature_names_ = _text_names(self.text, self.text_ngrams)
+        self.text_feature_names_ = self.text_feature_columns()
         names += self.text_feature_names_
         self.ngram_ = NgramScore()
         if self.text and self.text_ngrams:
@@ -604,10 +400,10 @@ class LightGBMDrift(BaseEstimator):
         pos = {c: k for k, c in enumerate(self.used_columns_)}
         cats = [pos[c] for c in (categorical_indices or []) if c in pos]
         self.n_text_rows_ = int(np.isfinite(X[:, -1]).sum()) if self.text else 0
-        self.boosters_, self.best_iteration_ = _train_quantiles(self, X, target, cats, names, ev)
+        self.boosters_, self.best_iteration_ = train_quantiles(self, X, target, cats, names, ev)
         self.p90_shift_ = 0.0
         if ev is not None and self.calibrate:
-            lq = _predict(self.boosters_, self.best_iteration_, ev[0], self.num_threads)
+            lq = predict_scores(self.boosters_, self.best_iteration_, ev[0], self.num_threads)
             self.p90_shift_ = float(np.quantile(ev[1] - lq[:, 1], self.quantiles[1]))
         self.categorical_indices_ = cats  # in the booster's columns
         self.fitted_ = True
@@ -647,98 +443,24 @@ class LightGBMDrift(BaseEstimator):
                 if self.text_ngrams:
                     T = np.hstack([T, self._ngram_column(tx, np.asarray(generated))])
             X = np.hstack([X, T])
-        forest = _cached_forest(self) if X.shape[0] < SMALL_BATCH else None
+        forest = cached_forest(self) if X.shape[0] < SMALL_BATCH else None
         if forest is not None:
             lq = forest.predict_raw(X)  # equal to LightGBM's scores, bit for bit
         else:
-            lq = _predict(self.boosters_, self.best_iteration_, X, self.num_threads)
+            lq = predict_scores(self.boosters_, self.best_iteration_, X, self.num_threads)
         lq[:, 1] += self.p90_shift_
         return finish_quantiles(lq)
 
-    def save(self, directory: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
-        self._check_fitted()
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        for q, b, it in zip(self.quantiles, self.boosters_, self.best_iteration_):
-            b.save_model(str(d / f"model_q{int(q * 100)}.txt"), num_iteration=it)
-        self._save_ngram(d)
-        write_meta(
-            d,
-            self.kind,
-            {
-                "hyperparameters": self.get_params(),
-                "p90_shift": self.p90_shift_,
-                "best_iteration": self.best_iteration_,
-                "feature_names": self.feature_names_,
-                "text_feature_names": self.text_feature_names_,
-                "ngram_fitted": self.ngram_.coef_ is not None,
-                "n_features_in": self.n_features_in_,
-                "used_columns": self.used_columns_,
-                "categorical_indices": self.categorical_indices_,
-                **(extra_meta or {}),
-            },
-        )
-        return d
+    def text_feature_columns(self) -> list[str]:
+        """Partial-text feature columns of a drift model with these hyperparameters."""
+        if not self.text:
+            return []
+        return list(TEXT_FEATURE_NAMES) + (["tx_ngram_score"] if self.text_ngrams else [])
 
-    def _save_ngram(self, d: Path) -> None:
-        if self.text and self.text_ngrams and self.ngram_.coef_ is not None:
-            save_arrays(
-                d / "text_ngram.safetensors",
-                {
-                    "coef": self.ngram_.coef_,
-                    "intercept": np.asarray(self.ngram_.intercept_, np.float64),
-                },
-            )
+    # --- artifacts (predictor.lgbm_artifacts) --------------------------------------------
+    def save(self, directory: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
+        return save_drift(self, directory, extra_meta)
 
     @classmethod
     def load(cls, directory: str | Path) -> LightGBMDrift:
-        d = Path(directory)
-        meta = read_meta(d, (cls.kind,))
-        hp = dict(meta["hyperparameters"])
-        hp["quantiles"] = tuple(hp["quantiles"])
-        hp["points"] = tuple(hp["points"])
-        hp["drop_prefixes"] = tuple(hp.get("drop_prefixes", ()))  # older artifacts: none
-        hp.setdefault("text", False)  # artifacts written before partial-text features
-        hp.setdefault("text_ngrams", False)
-        est = cls(**hp)
-        est.boosters_ = [_load_booster(d / f"model_q{int(q * 100)}.txt") for q in est.quantiles]
-        est.best_iteration_ = [b.current_iteration() for b in est.boosters_]
-        est.p90_shift_ = float(meta["p90_shift"])
-        est.feature_names_ = list(meta["feature_names"])
-        est.text_feature_names_ = list(meta.get("text_feature_names", []))
-        if est.text_feature_names_ != _text_names(est.text, est.text_ngrams):
-            raise ArtifactError(
-                f"{d}: drift model reads partial-text features {est.text_feature_names_[:3]}... "
-                f"that this version does not compute; retrain with `{TRAIN_COMMAND}`"
-            )
-        est.ngram_ = NgramScore()
-        if est.text and est.text_ngrams and meta.get("ngram_fitted"):
-            arrays = load_arrays(d / "text_ngram.safetensors")
-            try:
-                coef = np.asarray(arrays["coef"], np.float32)
-                intercept = np.asarray(arrays["intercept"], np.float64).reshape(-1)
-            except KeyError as e:
-                raise ArtifactError(f"{d}: text_ngram.safetensors lacks {e}") from e
-            want = (len(est.ngram_.t_edges) + 1, 2 * est.ngram_.n_features)
-            if coef.shape != want or intercept.shape != (want[0],):
-                raise ArtifactError(
-                    f"{d}: text_ngram.safetensors has coefficients {coef.shape} and intercepts "
-                    f"{intercept.shape}, expected {want} and ({want[0]},); retrain with "
-                    f"`{TRAIN_COMMAND}`"
-                )
-            est.ngram_.coef_, est.ngram_.intercept_ = coef, intercept
-        est.n_features_in_ = int(meta["n_features_in"])
-        est.used_columns_ = [int(c) for c in meta.get("used_columns", range(est.n_features_in_))]
-        if any(not 0 <= c < est.n_features_in_ for c in est.used_columns_):
-            raise ArtifactError(f"{d}: used_columns out of range; retrain with `{TRAIN_COMMAND}`")
-        est.categorical_indices_ = list(meta["categorical_indices"])
-        est.meta_ = meta
-        est.fitted_ = True
-        return est
-
-
-def _text_names(text: bool, ngrams: bool) -> list[str]:
-    """Partial-text feature columns of a drift model with these hyperparameters."""
-    if not text:
-        return []
-    return list(TEXT_FEATURE_NAMES) + (["tx_ngram_score"] if ngrams else [])
+        return load_drift(cls, directory)

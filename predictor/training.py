@@ -8,13 +8,16 @@ Steps (each pure enough to test on a tiny table):
    drift model learns from admission estimates as noisy as the ones it sees when serving;
 5. the drift model fitted on progress rows and scored at fixed t against "admission - t";
 6. artifacts saved (``length/``, ``drift/``) with held-out metrics in their meta.json.
+
+Steps 4 and 5 (the drift model's traces, inputs, fit and scores) live in
+:mod:`predictor.training_drift`; this module runs the pipeline and owns the others.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,19 +28,17 @@ from sklearn.base import clone
 from tqdm.auto import tqdm
 
 from data.holdout import attach_to_artifact, seen_from_split, training_spec
-from data.schema import FilterReport, filter_rows
 from data.splits import (
     Split,
-    assign_groups,
     grouped_split,
     leave_one_source_out,
     split_by_config,
 )
 from predictor.artifacts import data_hash
 from predictor.datasets import explode_samples, load_training_table, subsample
-from predictor.drift_data import naive_remaining, output_token_ids, partial_texts
-from predictor.metrics import DRIFT_POINTS, drift_metrics, length_metrics, running_at
+from predictor.metrics import DRIFT_POINTS, length_metrics
 from predictor.serving import fingerprint
+from predictor.training_drift import fit_and_score_drift
 
 
 def progress_enabled() -> bool:
@@ -119,134 +120,12 @@ def split_table(df: pd.DataFrame, split: Mapping[str, Any]) -> Split:
     return split_by_config(df, split)
 
 
-def crossfit_admission(
-    est: Any, F: np.ndarray, y: np.ndarray, groups: pd.DataFrame, folds: int, seed: int
-) -> np.ndarray:
-    """Out-of-fold (p50, p90) admission predictions on the training rows, (n, 2).
-
-    Folds are prompt-grouped (a prompt's rows never predict each other). Each fold model is a
-    clone of the fitted ``est`` (same featurizer, n_estimators = its best iteration).
-    """
-    if folds <= 1:
-        return est.predict_features(F)
-    if folds not in (2, 3):
-        raise ValueError(f"crossfit_folds must be 0, 1, 2 or 3, got {folds}")
-    fractions = (0.5, 0.5, 0.0) if folds == 2 else (1 / 3, 1 / 3, 1 / 3)
-    fold = assign_groups(groups, fractions, seed=seed + 1)
-    out = np.zeros((len(y), 2))
-    for k in range(folds):
-        hold = fold == k
-        if not hold.any() or hold.all():
-            return est.predict_features(F)  # degenerate tiny data: fall back to in-sample
-        m = clone(est)
-        if hasattr(est, "best_iteration_"):  # LightGBM: the early-stopped size
-            m.set_params(n_estimators=int(max(est.best_iteration_)))
-        if hasattr(est, "epochs_"):  # transformer head: the early-stopped epoch count
-            m.set_params(epochs=int(est.epochs_))
-        m.featurizer_ = est.featurizer_
-        if "calibrate" in m.get_params():
-            m.set_params(calibrate=False)
-        m.fit_features(F[~hold], y[~hold])
-        out[hold] = m.predict_features(F[hold])
-    return out
-
-
 def score_length(est: Any, test: pd.DataFrame) -> tuple[dict[str, float], np.ndarray, float]:
     t0 = time.perf_counter()
     q = est.predict_quantiles(test)
     dt = time.perf_counter() - t0
     y = test["output_tokens"].to_numpy(np.float64)
     return length_metrics(y, q, test["prompt_tokens"].to_numpy(np.float64)), q, dt
-
-
-def _text_columns(df: pd.DataFrame) -> tuple[Any, Any]:
-    """(output_text, output_text_truncated) columns of a trace, None where absent."""
-    texts = df["output_text"] if "output_text" in df.columns else None
-    cut = df["output_text_truncated"] if "output_text_truncated" in df.columns else None
-    return texts, cut
-
-
-def has_output_text(df: pd.DataFrame) -> np.ndarray:
-    """Mask of rows carrying an output text (the partial-text drift features read it)."""
-    if "output_text" not in df.columns:
-        return np.zeros(len(df), bool)
-    return df["output_text"].notna().to_numpy(bool)
-
-
-def _reads_text(drift: Any) -> bool:
-    import inspect
-
-    return "texts" in inspect.signature(drift.predict_remaining).parameters
-
-
-def score_drift(
-    drift: Any,
-    F: np.ndarray,
-    adm: np.ndarray,
-    y: np.ndarray,
-    points: tuple[int, ...],
-    texts: Any = None,
-    texts_truncated: Any = None,
-    subset: str = "all",
-) -> list[dict[str, Any]]:
-    """Drift vs "admission - t" at each fixed t over the requests still running at t.
-
-    ``texts``: full output texts of the test traces (None/NA without); a drift model that reads
-    partial text gets the decoded first t tokens of each, never more.
-    """
-    ids, complete = [], np.zeros(0, bool)
-    if texts is not None and _reads_text(drift):
-        ids, complete = output_token_ids(texts, texts_truncated)
-    rows = []
-    for t in points:
-        run = running_at(y, t)
-        if run.sum() < 2:
-            continue
-        gen = np.full(int(run.sum()), t, dtype=np.float64)
-        kw = {}
-        if ids:
-            kw["texts"] = partial_texts(ids, complete, np.flatnonzero(run), gen)
-        pred = drift.predict_remaining(F[run], adm[run], gen, **kw)
-        base = naive_remaining(adm[run], gen)
-        m = drift_metrics(y[run], t, pred)
-        b = drift_metrics(y[run], t, base)
-        rows.append({"subset": subset, "model": "drift", "t": t, **m})
-        rows.append({"subset": subset, "model": "admission_minus_t", "t": t, **b})
-    df = pd.DataFrame(rows)
-    if len(df):
-        naive = df[df.model == "admission_minus_t"].set_index("t")["mae"]
-        df["mae_gain_vs_naive"] = df["t"].map(naive) / df["mae"]
-    return df.to_dict("records")
-
-
-def drift_traces(
-    train: pd.DataFrame,
-    extra_text: pd.DataFrame | None,
-    n: int | None,
-    rng: np.random.Generator,
-) -> tuple[pd.DataFrame, FilterReport]:
-    """Traces for drift training: every text-bearing trace, the rest subsampled to ``n`` total.
-
-    Text traces (ShareGPT) are a few percent of the length corpora but the only ones whose
-    partial output can be read, so none is subsampled away; ``extra_text`` adds the text rows
-    of the train split that ``max_train_rows`` removed (no length model saw them either).
-    """
-    df = (
-        train
-        if extra_text is None or not len(extra_text)
-        else pd.concat([train, extra_text], ignore_index=True)
-    )
-    text = has_output_text(df)
-    keep = text.copy()
-    rest = np.flatnonzero(~text)
-    budget = len(rest) if n is None else max(0, n - int(text.sum()))
-    if budget >= len(rest):
-        keep[rest] = True
-    else:
-        keep[rng.choice(rest, size=budget, replace=False)] = True
-    return filter_rows(
-        df, keep, f"drift: traces (all {int(text.sum()):,} with output text, max_drift_traces)"
-    )
 
 
 def measure_latency(
@@ -324,13 +203,7 @@ def run_training(
     """The whole pipeline. ``table`` overrides loading (tests); ``out_dir`` None: no saving."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    if table is None:
-        table, reports = load_training_table(sources=sources, path=path)
-        for r in reports:
-            log(str(r))
-    train, val, test = prepare_split(table, tc, log)
-    sizes = {"rows": len(table), "train": len(train), "val": len(val), "test": len(test)}
-    log(f"data: {sizes}")
+    table, (train, val, test), sizes = _load_and_split(table, sources, path, tc, log)
     timings["load_split_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -338,7 +211,6 @@ def run_training(
     timings["baselines_s"] = time.perf_counter() - t0
 
     q_test = _fit_and_score_length(length_est, train, val, test, name, rows, timings, log)
-    length_table = pd.DataFrame(rows)
 
     drift_rows: list[dict[str, Any]] = []
     F_test = length_est.featurize(test)
@@ -346,17 +218,11 @@ def run_training(
     y_test = test["output_tokens"].to_numpy(np.float64)
     if drift_est is not None:
         splits, test_inputs = (train, val, test), (F_test, adm_test, y_test)
-        drift_rows = _fit_and_score_drift(
+        drift_rows = fit_and_score_drift(
             length_est, drift_est, table, splits, test_inputs, tc, timings, log
         )
-    drift_table = pd.DataFrame(drift_rows)
 
-    loso = None
-    if tc.leave_one_source_out:
-        t0 = time.perf_counter()
-        loso = leave_one_source_out_table(length_est, baselines, table, tc, log)
-        timings["loso_s"] = time.perf_counter() - t0
-
+    loso = _leave_one_source_out_if_asked(length_est, baselines, table, tc, timings, log)
     latency = measure_latency(length_est, test, tc.latency_batch)
     importance = (
         length_est.feature_importance() if hasattr(length_est, "feature_importance") else None
@@ -377,8 +243,8 @@ def run_training(
             spec=training_spec(sources, path, tc.split),
         )
     return TrainResult(
-        length_table=length_table,
-        drift_table=drift_table,
+        length_table=pd.DataFrame(rows),
+        drift_table=pd.DataFrame(drift_rows),
         loso_table=loso,
         latency=latency,
         importance=importance,
@@ -388,6 +254,42 @@ def run_training(
         test_predictions=q_test,
         test_lengths=y_test,
     )
+
+
+def _load_and_split(
+    table: pd.DataFrame | None,
+    sources: list[str] | None,
+    path: str | Path | None,
+    tc: TrainConfig,
+    log: Callable[[str], None],
+) -> tuple[pd.DataFrame, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame], dict[str, int]]:
+    """(table, (train, val, test), sizes): ``table`` as given, else loaded from
+    ``sources``/``path`` (its filter reports logged), and split by ``prepare_split``."""
+    if table is None:
+        table, reports = load_training_table(sources=sources, path=path)
+        for r in reports:
+            log(str(r))
+    train, val, test = prepare_split(table, tc, log)
+    sizes = {"rows": len(table), "train": len(train), "val": len(val), "test": len(test)}
+    log(f"data: {sizes}")
+    return table, (train, val, test), sizes
+
+
+def _leave_one_source_out_if_asked(
+    length_est: Any,
+    baselines: Mapping[str, Any],
+    table: pd.DataFrame,
+    tc: TrainConfig,
+    timings: dict[str, float],
+    log: Callable[[str], None],
+) -> pd.DataFrame | None:
+    """``leave_one_source_out_table`` when ``tc.leave_one_source_out``, else None (timed)."""
+    if not tc.leave_one_source_out:
+        return None
+    t0 = time.perf_counter()
+    loso = leave_one_source_out_table(length_est, baselines, table, tc, log)
+    timings["loso_s"] = time.perf_counter() - t0
+    return loso
 
 
 def _fit_and_score_length(
@@ -415,124 +317,6 @@ def _fit_and_score_length(
         f"p90_coverage={m['p90_coverage']:.3f} ({timings['length_fit_s']:.1f}s)"
     )
     return q_test
-
-
-def _fit_and_score_drift(
-    length_est: Any,
-    drift_est: Any,
-    table: pd.DataFrame,
-    splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
-    test_inputs: tuple[np.ndarray, np.ndarray, np.ndarray],
-    tc: TrainConfig,
-    timings: dict[str, float],
-    log: Callable[[str], None],
-) -> list[dict[str, Any]]:
-    """Fit the drift model on cross-fitted admission estimates and score it on the test split.
-
-    ``splits``: train, val, test; ``test_inputs``: the length model's test features, its
-    admission predictions and the true lengths. Returns the drift metric rows."""
-    train, val, test = splits
-    F_test, adm_test, y_test = test_inputs
-    t0 = time.perf_counter()
-    rng = np.random.default_rng(tc.seed + 7)
-    dtrain = _drift_training_rows(length_est, drift_est, table, train, tc, rng, log)
-    F_tr = getattr(length_est, "featurize_training", length_est.featurize)(dtrain)
-    y_dtr = dtrain["output_tokens"].to_numpy(np.float64)
-    adm_tr = crossfit_admission(length_est, F_tr, y_dtr, dtrain, tc.crossfit_folds, tc.seed)
-    F_va = length_est.featurize(val)
-    adm_va = length_est.predict_features(F_va)
-    timings["drift_crossfit_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    names = getattr(getattr(length_est, "featurizer_", None), "feature_names", None)
-    cats = getattr(getattr(length_est, "featurizer_", None), "categorical_indices", None)
-    yva = val["output_tokens"].to_numpy(np.float64)
-    kw: dict[str, Any] = {}
-    ev: tuple[Any, ...] = (F_va, yva, adm_va)
-    if _reads_text(drift_est) and has_output_text(dtrain).any():
-        tx, cut = _text_columns(dtrain)
-        kw = {"texts": tx, "texts_truncated": cut}
-        ev = (F_va, yva, adm_va, *_text_columns(val))
-    drift_est.fit(
-        F_tr,
-        y_dtr,
-        adm_tr,
-        eval_set=ev,
-        feature_names=names,
-        categorical_indices=cats,
-        **kw,
-    )
-    timings["drift_fit_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    drift_rows = _score_drift_subsets(drift_est, test, F_test, adm_test, y_test, tc.drift_points)
-    timings["drift_score_s"] = time.perf_counter() - t0
-    for r in drift_rows:
-        if r["model"] == "drift":
-            log(
-                f"  drift [{r['subset']}] t={r['t']}: mae={r['mae']:.1f} "
-                f"tau={r['kendall_tau']:.3f} gain_vs_naive={r['mae_gain_vs_naive']:.2f}x"
-            )
-    return drift_rows
-
-
-def _drift_training_rows(
-    length_est: Any,
-    drift_est: Any,
-    table: pd.DataFrame,
-    train: pd.DataFrame,
-    tc: TrainConfig,
-    rng: np.random.Generator,
-    log: Callable[[str], None],
-) -> pd.DataFrame:
-    """The train-split traces the drift model fits on (within ``tc.max_drift_traces``)."""
-    dtrain = train
-    if hasattr(length_est, "restrict_rows"):  # encoder budget: reuse encoded prompts
-        dtrain, rep = filter_rows(
-            train,
-            train["request_id"]
-            .isin(set(length_est.restrict_rows(train)["request_id"]))
-            .to_numpy(bool),
-            "drift: rows of prompts encoded for the length model (budget)",
-        )
-        log(str(rep))
-    if _reads_text(drift_est) and has_output_text(table).any():
-        extra_text = None
-        if not hasattr(length_est, "restrict_rows"):
-            # text rows of the train split dropped by max_train_rows (same split again)
-            full = split_table(table, tc.split).train
-            full = full[has_output_text(full)]
-            extra_text = full[~full["request_id"].isin(set(dtrain["request_id"]))]
-        dtrain, rep = drift_traces(dtrain, extra_text, tc.max_drift_traces, rng)
-        log(str(rep))
-    else:
-        dtrain, _ = subsample(dtrain, tc.max_drift_traces, rng, "drift: traces")
-    return dtrain
-
-
-def _score_drift_subsets(
-    drift_est: Any,
-    test: pd.DataFrame,
-    F_test: np.ndarray,
-    adm_test: np.ndarray,
-    y_test: np.ndarray,
-    points: Sequence[int],
-) -> list[dict[str, Any]]:
-    """Drift metric rows on the whole test split, then on its text-bearing subset."""
-    tx_test, cut_test = _text_columns(test)
-    drift_rows = score_drift(drift_est, F_test, adm_test, y_test, points, tx_test, cut_test)
-    text_test = has_output_text(test)
-    if text_test.any():
-        # the text-bearing held-out subset (ShareGPT): where partial text can be read
-        drift_rows += score_drift(
-            drift_est,
-            F_test[text_test],
-            adm_test[text_test],
-            y_test[text_test],
-            points,
-            tx_test[text_test] if tx_test is not None else None,
-            cut_test[text_test] if cut_test is not None else None,
-            subset="with_text",
-        )
-    return drift_rows
 
 
 def _common_meta(

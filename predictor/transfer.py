@@ -1,7 +1,7 @@
 """Transfer experiments measured by ``benchmarks.predictor_report`` (not served by default).
 
 * :class:`RankedLength`: the LightGBM quantile models plus a ranking booster
-  (``predictor.lgbm.fit_rank_booster``, rank_xendcg/lambdarank over groups of concurrent
+  (``predictor.lgbm_boosters.fit_rank_booster``, rank_xendcg/lambdarank over groups of concurrent
   requests). The median is the ranker's score mapped to log length by an isotonic fit on the
   validation split (a monotone map: it keeps the ranker's order, so its tau); p90 keeps the
   quantile model's per-request spread, re-calibrated on validation.
@@ -50,7 +50,7 @@ class RankedLength:
     def fit(self, X: pd.DataFrame, y: Any, eval_set: tuple[pd.DataFrame, Any]) -> RankedLength:
         from sklearn.isotonic import IsotonicRegression
 
-        from predictor.lgbm import fit_rank_booster
+        from predictor.lgbm_boosters import fit_rank_booster
 
         yv = check_lengths(y, len(X))
         fz = self.base.featurizer_
@@ -117,7 +117,7 @@ class EmbeddingFeaturizer(Featurizer):
         if self.encoder is None:
             import torch
 
-            from predictor.transformer import Encoder
+            from predictor.transformer_model import Encoder
 
             self.encoder = Encoder(self.max_length, 64, torch.device("cpu"))
         return self.encoder

@@ -358,5 +358,6 @@ def test_artifacts_hold_only_safe_formats(pristine: Path) -> None:
         if p.is_file():
             assert p.suffix in allowed, p
             assert not p.read_bytes().startswith(b"\x80"), f"{p} looks like a pickle"
-    transformer = (REPO / "predictor" / "transformer.py").read_text()
-    assert "trust_remote_code" not in transformer or "trust_remote_code=False" in transformer
+    for module in sorted((REPO / "predictor").glob("transformer*.py")):
+        src = module.read_text()
+        assert "trust_remote_code" not in src or "trust_remote_code=False" in src, module

@@ -14,7 +14,7 @@ from predictor.artifacts import ArtifactError
 from predictor.drift_data import naive_remaining, output_token_ids, partial_texts
 from predictor.lgbm import LightGBMDrift
 from predictor.text_progress import TEXT_FEATURE_NAMES
-from predictor.training import drift_traces, score_drift
+from predictor.training_drift import drift_traces, score_drift
 
 ITEM = "A short tip about sleeping better and feeling rested.\n"
 

@@ -12,7 +12,8 @@ from sklearn.exceptions import NotFittedError
 
 from predictor.artifacts import ArtifactError
 from predictor.serving import load_predictor
-from predictor.transformer import EMB_DIM, TransformerDrift, TransformerLength
+from predictor.transformer import TransformerDrift, TransformerLength
+from predictor.transformer_model import EMB_DIM
 
 
 def _y(df: pd.DataFrame) -> np.ndarray:

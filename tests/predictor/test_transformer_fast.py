@@ -11,7 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from predictor.transformer import Encoder, TransformerLength, resolve_inference_dtype
+from predictor.transformer import TransformerLength
+from predictor.transformer_model import Encoder, resolve_inference_dtype
 
 PROMPTS = [
     "Hi",
