@@ -374,16 +374,7 @@ class _DriftMixin:
         waiting_by_tier = dict(d.waiting_by_tier)
         custom_victim = d.custom_victim()
         if d.run is not None:
-            running = self._drift_sync_running()
-            victims = d.begin_step(running)
-            now = d.now()
-            if victims:
-                vol = self._drift_preempt(victims)
-                if custom_victim:
-                    self._drift_requeue_preempted(list(vol.values()), now)
-            self._drift_apply_keys(now)
-            if custom_victim:
-                self._drift_victim_priorities(now)
+            vol = self._drift_policy_phase(custom_victim)
         t_policy, c_policy = time.monotonic(), _cpu()
         out = super().schedule(*args, **kwargs)
         t_sched, c_sched = time.monotonic(), _cpu()
@@ -394,24 +385,7 @@ class _DriftMixin:
         if admitted:
             d.admitted(admitted)
         t_adm, c_adm = time.monotonic(), _cpu()
-        n_kv = 0
-        kv_victims: list[SchedRequest] = []
-        for rid in out.preempted_req_ids:
-            req = self.requests.get(rid)
-            if req is None:
-                continue
-            if rid not in vol:
-                m = d.preempted(rid, by_policy=False)
-                if m is not None:
-                    n_kv += 1  # vLLM preempted it under KV pressure
-                    kv_victims.append(m)
-            m = d.mirrors.get(rid)
-            if m is not None:
-                m.num_preemptions = req.num_preemptions
-                m.num_output_tokens = req.num_output_tokens
-        if kv_victims and custom_victim:
-            self._drift_requeue_preempted(kv_victims, d.now())
-        d.report_preempted([*vol.values(), *kv_victims])
+        n_kv = self._drift_sync_preempted(out, vol, custom_victim)
         rec = StepRecord(
             step=d.step_no,
             t_start=t_start - d.run.t0,
@@ -423,6 +397,63 @@ class _DriftMixin:
             waiting_by_tier=waiting_by_tier,
         )
         d.step_no += 1
+        self._drift_step_composition(rec, out)
+        t_end = time.monotonic()
+        # Policy overhead: before vLLM's schedule() and the admission hooks after it; the
+        # step bookkeeping for the steps table is not the policy's and is not counted.
+        rec.policy_us = ((t_policy - t_start) + (t_adm - t_sched)) * 1e6 + d.overhead_us
+        rec.policy_cpu_us = ((c_policy - c_start) + (c_adm - c_sched)) * 1e6
+        rec.policy_cpu_us += self._drift_add_cpu_us
+        d.overhead_us = self._drift_add_cpu_us = 0.0
+        self._drift_open_steps.append((rec, t_end, c_start))
+        return out
+
+    def _drift_policy_phase(self, custom_victim: bool) -> dict[str, SchedRequest]:
+        """Steps 1-4 of the module docstring, before vLLM's ``schedule()``: mirrors synced, the
+        driver's step (arrivals, ends, ``on_step``, ``preempt``), voluntary preemptions, keys
+        -> priorities. Returns the policy's preemptions (vLLM id -> mirror)."""
+        d = self.drift
+        vol: dict[str, SchedRequest] = {}
+        running = self._drift_sync_running()
+        victims = d.begin_step(running)
+        now = d.now()
+        if victims:
+            vol = self._drift_preempt(victims)
+            if custom_victim:
+                self._drift_requeue_preempted(list(vol.values()), now)
+        self._drift_apply_keys(now)
+        if custom_victim:
+            self._drift_victim_priorities(now)
+        return vol
+
+    def _drift_sync_preempted(
+        self, out: Any, vol: dict[str, SchedRequest], custom_victim: bool
+    ) -> int:
+        """The step's preemptions into the mirrors; the ones vLLM made under KV pressure (not
+        in ``vol``) are reported to the driver as such. All are reported to the policy, in one
+        batch. Returns the number of KV-pressure preemptions."""
+        d = self.drift
+        kv_victims: list[SchedRequest] = []
+        for rid in out.preempted_req_ids:
+            req = self.requests.get(rid)
+            if req is None:
+                continue
+            if rid not in vol:
+                m = d.preempted(rid, by_policy=False)
+                if m is not None:
+                    kv_victims.append(m)  # vLLM preempted it under KV pressure
+            m = d.mirrors.get(rid)
+            if m is not None:
+                m.num_preemptions = req.num_preemptions
+                m.num_output_tokens = req.num_output_tokens
+        if kv_victims and custom_victim:
+            self._drift_requeue_preempted(kv_victims, d.now())
+        d.report_preempted([*vol.values(), *kv_victims])
+        return len(kv_victims)
+
+    def _drift_step_composition(self, rec: StepRecord, out: Any) -> None:
+        """What the step computes, for the steps table: prefill and decode work (tokens, KV
+        read, (query, key) pairs), the queue, KV use and the running requests per tier."""
         for rid, n in out.num_scheduled_tokens.items():
             req = self.requests.get(rid)
             if req is None:
@@ -441,20 +472,12 @@ class _DriftMixin:
             round(rec.kv_usage * self.cache_config.num_gpu_blocks) * self.block_size
         )
         rbt: dict[str, int] = {}
+        mirrors = self.drift.mirrors
         for r in self.running:
-            m = d.mirrors.get(r.request_id)
+            m = mirrors.get(r.request_id)
             if m is not None:
                 rbt[m.tier] = rbt.get(m.tier, 0) + 1
         rec.running_by_tier = rbt
-        t_end = time.monotonic()
-        # Policy overhead: before vLLM's schedule() and the admission hooks after it; the
-        # step bookkeeping for the steps table is not the policy's and is not counted.
-        rec.policy_us = ((t_policy - t_start) + (t_adm - t_sched)) * 1e6 + d.overhead_us
-        rec.policy_cpu_us = ((c_policy - c_start) + (c_adm - c_sched)) * 1e6
-        rec.policy_cpu_us += self._drift_add_cpu_us
-        d.overhead_us = self._drift_add_cpu_us = 0.0
-        self._drift_open_steps.append((rec, t_end, c_start))
-        return out
 
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
         t_in = time.monotonic()

@@ -54,7 +54,7 @@ def instantiate_policy(spec: Mapping[str, Any] | str | None) -> Policy:
     """Build a policy from a Hydra-style spec (dict or its JSON text); ``None`` gives FIFO.
 
     The engine-core side of ``report.jobs.build_policy``: the spec is rebuilt from the client's
-    policy object (``scheduler.live.engine.policy_spec``, paths already absolute) and arrives as
+    policy object (``scheduler.live.policy_spec``, paths already absolute) and arrives as
     JSON in a process with no Hydra config, so it is only instantiated and type-checked here."""
     if spec is None:
         return FIFOPolicy()

@@ -39,7 +39,6 @@ from typing import Any
 import pandas as pd
 
 from scheduler.engine import requests_from_frame, workload_frame
-from scheduler.live.engine import STOCK_SCHED_FIELDS
 from scheduler.live.metadata import TIER_PRIORITY, flat_xargs
 from scheduler.live.replay import (
     Prepared,
@@ -49,6 +48,7 @@ from scheduler.live.replay import (
     read_sink,
     replay_async,
 )
+from scheduler.live.run_records import STOCK_SCHED_FIELDS
 from scheduler.records import build_records
 
 _CLIENT_REASONS = ("client_abort", "client_disconnect")
@@ -279,8 +279,6 @@ def run_http(
 ) -> HttpRun:
     """Replay ``workload`` against the server at ``url`` (trace-driven lengths) and return the
     record table. ``stock``: ``vllm_fcfs`` / ``vllm_priority`` (no sink; ``priority`` sent)."""
-    import aiohttp
-
     df = workload_frame(workload)
     prepared, clamp = prepare_requests(
         requests_from_frame(df),
@@ -298,54 +296,18 @@ def run_http(
         if stock == "vllm_priority"
         else None
     )
-    t0 = time.monotonic() + 0.05
-    errors: dict[str, str] = {}
-
-    async def go() -> None:
-        conn = aiohttp.TCPConnector(limit=max_connections)
-        tmo = aiohttp.ClientTimeout(total=timeout_s)
-        async with aiohttp.ClientSession(connector=conn, timeout=tmo) as session:
-            llm = HttpLLM(url, model, session, prio)
-            await replay_async(
-                llm,
-                prepared,
-                metas,
-                t0=t0,
-                seed=seed,
-                greedy=True,
-                timeout_s=timeout_s,
-                actions=actions,
-            )
-            errors.update(llm.errors)
-
-    wall = time.monotonic()
-    asyncio.run(go())
-    wall = time.monotonic() - wall
-    if errors:
-        rid, msg = next(iter(errors.items()))
-        raise RuntimeError(f"{len(errors)} request(s) failed over HTTP, e.g. {rid}: {msg}")
-    submitted = [p.req.request_id for p in prepared if not math.isnan(p.submit_s)]
-    summary: dict[str, Any] = {}
-    never: list[str] = []
-    if stock is not None or sink is None:
-        sched = {rid: dict(STOCK_SCHED_FIELDS) for rid in submitted}
-    else:
-        # A request the client cancelled before any token may never have reached the engine
-        # (cancelled while connecting): the sink owes a line for every other one.
-        by_id = {p.req.request_id: p for p in prepared}
-        early = {
-            rid
-            for rid in submitted
-            if not by_id[rid].token_times and by_id[rid].finish_reason in _CLIENT_REASONS
-        }
-        raw = read_sink(sink, [r for r in submitted if r not in early])
-        raw.update(read_sink(sink, sorted(early), wait_s=1.0))
-        summary = _summary(sink)
-        dt = float(summary.get("t0_monotonic", t0)) - t0
-        sched = {rid: _shift(line, dt) for rid, line in raw.items()}
-        never = sorted(early - raw.keys())
-        for rid in never:  # aborted by the client before the engine saw it: never admitted
-            sched[rid] = dict(STOCK_SCHED_FIELDS)
+    t0, wall = _replay_http(
+        url,
+        model,
+        prepared,
+        metas,
+        priority=prio,
+        seed=seed,
+        actions=actions,
+        timeout_s=timeout_s,
+        max_connections=max_connections,
+    )
+    sched, summary, never = _server_fields(prepared, sink, stock, t0)
     final = merge_requests(prepared, sched)
     records = build_records(final, engine="vllm_http", policy=name, seed=seed)
     prefix = summary.get("prefix_caching")
@@ -364,6 +326,80 @@ def run_http(
         "server_summary": summary,
     }
     return HttpRun(records=records, meta=meta)
+
+
+def _replay_http(
+    url: str,
+    model: str,
+    prepared: list[Prepared],
+    metas: list[dict[str, Any]],
+    *,
+    priority: Mapping[str, int] | None,
+    seed: int,
+    actions: Mapping[str, Any] | None,
+    timeout_s: float,
+    max_connections: int,
+) -> tuple[float, float]:
+    """The open-loop replay over HTTP, one streaming request per row; returns (``t0``, the
+    client clock's time of arrival 0; the replay's wall time in s). A request the server
+    answered with an HTTP error fails the run."""
+    import aiohttp  # before t0: a first import would make the first arrivals late
+
+    t0 = time.monotonic() + 0.05
+    errors: dict[str, str] = {}
+
+    async def go() -> None:
+        conn = aiohttp.TCPConnector(limit=max_connections)
+        tmo = aiohttp.ClientTimeout(total=timeout_s)
+        async with aiohttp.ClientSession(connector=conn, timeout=tmo) as session:
+            llm = HttpLLM(url, model, session, priority)
+            await replay_async(
+                llm,
+                prepared,
+                metas,
+                t0=t0,
+                seed=seed,
+                greedy=True,
+                timeout_s=timeout_s,
+                actions=actions,
+            )
+            errors.update(llm.errors)
+
+    wall = time.monotonic()
+    asyncio.run(go())
+    wall = time.monotonic() - wall
+    if errors:
+        rid, msg = next(iter(errors.items()))
+        raise RuntimeError(f"{len(errors)} request(s) failed over HTTP, e.g. {rid}: {msg}")
+    return t0, wall
+
+
+def _server_fields(
+    prepared: list[Prepared], sink: Path | None, stock: str | None, t0: float
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any], list[str]]:
+    """The scheduler-side fields of every submitted request, on the client's clock: (request
+    id -> sink line, the server's run summary, requests the engine never saw). Stock vLLM or
+    no sink: nothing observed (``STOCK_SCHED_FIELDS``)."""
+    submitted = [p.req.request_id for p in prepared if not math.isnan(p.submit_s)]
+    if stock is not None or sink is None:
+        return {rid: dict(STOCK_SCHED_FIELDS) for rid in submitted}, {}, []
+    # A request the client cancelled before any token may never have reached the engine
+    # (cancelled while connecting): the sink owes a line for every other one.
+    by_id = {p.req.request_id: p for p in prepared}
+    early = {
+        rid
+        for rid in submitted
+        if not by_id[rid].token_times and by_id[rid].finish_reason in _CLIENT_REASONS
+    }
+    raw = read_sink(sink, [r for r in submitted if r not in early])
+    raw.update(read_sink(sink, sorted(early), wait_s=1.0))
+    summary = _summary(sink)
+    dt = float(summary.get("t0_monotonic", t0)) - t0
+    sched = {rid: _shift(line, dt) for rid, line in raw.items()}
+    never = sorted(early - raw.keys())
+    for rid in never:  # aborted by the client before the engine saw it: never admitted
+        sched[rid] = dict(STOCK_SCHED_FIELDS)
+    return sched, summary, never
 
 
 def _summary(sink: Path, wait_s: float = 5.0) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Sim-side and engine-agnostic: the input is a plain steps table (any engine that 
 columns); the live vLLM engine writes one per run. The command that reads run directories and
 writes a profile is ``python -m report.calibrate``. The live engine records, per step, what it computed (``prefill_tokens``, ``decode_seqs``,
 ``kv_read_tokens`` = context attended, ``prefill_pairs``) and how long it took
-(:func:`scheduler.live.engine.steps_table`). Non-negative least squares on
+(:func:`scheduler.live.run_records.steps_table`). Non-negative least squares on
 
     t = c0 + c_token * (prefill_tokens + decode_seqs) + c_kv * kv_read_tokens
            + c_pair * prefill_pairs + c_decode * decode_seqs + c_prefill_seq * prefill_seqs
@@ -45,7 +45,7 @@ def _design(steps: pd.DataFrame) -> np.ndarray:
     if missing:
         raise ValueError(
             f"steps table: missing column(s) {missing}; expected the live engine's "
-            "steps (scheduler.live.engine.steps_table, steps.parquet of an engine=vllm run)"
+            "steps (scheduler.live.run_records.steps_table, steps.parquet of an engine=vllm run)"
         )
     dec = steps["decode_seqs"].to_numpy(float)
     tokens = steps["prefill_tokens"].to_numpy(float) + dec

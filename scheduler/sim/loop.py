@@ -12,15 +12,16 @@ queue (:class:`~scheduler.sim.waiting.WaitingQueue`) and the decode fast-forward
     -> forward pass -> finish
 
 Finishing a request (:meth:`Run.finish`), sampling a token (:meth:`Run.advance`), step
-classification (:func:`classify`), step time (:meth:`Run.step_dt`) and admission
-(:meth:`Run.admit_in_order`) are shared by the general step and the fast path, so the
-reference path (``fast_forward=False``: general steps only) is the oracle of the fast one.
+classification and step time (:mod:`scheduler.sim.steptime`: ``classify``, ``StepTimer``, as
+``Run.step_dt``) and admission (:meth:`Run.admit_in_order`) are shared by the general step and
+the fast path, so the reference path (``fast_forward=False``: general steps only) is the oracle
+of the fast one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,9 +29,9 @@ from data.schema import TIERS
 from scheduler.policies.base import Policy
 from scheduler.request import SchedRequest, Status
 from scheduler.sim.columns import StepColumns
-from scheduler.sim.cost import LinearCostModel, accepts_prefill_seqs
 from scheduler.sim.fastforward import DecodeAggregates, decode_window
 from scheduler.sim.kv import KVBlocks
+from scheduler.sim.steptime import StepTimer, classify
 from scheduler.sim.waiting import WaitingQueue
 
 if TYPE_CHECKING:
@@ -51,34 +52,6 @@ class SimState:
     scheduled: list[tuple[SchedRequest, int]] = field(default_factory=list)  # (request, tokens)
     targets: list[int] = field(default_factory=list)  # output tokens each request must generate
     step: int = 0
-
-
-def classify(
-    batch: Iterable[tuple[SchedRequest, int]],
-    tid: list[int],
-    counts: list[int],
-    pf: int = 0,
-    dec: int = 0,
-    kv: int = 0,
-    pairs: float = 0.0,
-    nps: int = 0,
-) -> tuple[int, int, int, float, int]:
-    """Step classification: add the ``(request, tokens)`` of ``batch`` (fields before the
-    step) to the step-time arguments (prefill tokens, decode seqs, KV tokens read, prefill
-    (query, key) pairs, prefill seqs) and to the per-tier running ``counts``. A decode is one
-    token for a request whose prompt and all but its last sampled token are computed
-    (the test of ``DecodeAggregates.start``)."""
-    for r, c in batch:
-        ctx = r.num_computed_tokens
-        counts[tid[r.index]] += 1
-        if c == 1 and r.num_output_tokens > 0 and ctx == r.prompt_tokens + r.num_output_tokens - 1:
-            dec += 1
-        else:
-            pf += c
-            nps += 1
-            pairs += c * (ctx + 0.5 * c)
-        kv += ctx + c
-    return pf, dec, kv, pairs, nps
 
 
 class Run:
@@ -124,7 +97,8 @@ class Run:
             reqs, tid, len(TIERS), policy.key, self.use_heap, self.state.waiting
         )
         self.agg = DecodeAggregates(self.n, bs, self.kv.held, self.targets, tid, len(TIERS))
-        self._cost(eng)
+        self.timer = StepTimer(eng.cost)
+        self.step_dt = self.timer.dt  # the step's duration (s) from classify's arguments
         self.ff = eng.fast_forward and (
             self.observer is None or bool(getattr(self.observer, "fast_forward_ok", False))
         )
@@ -158,14 +132,6 @@ class Run:
         self.sync_horizon = self.horizon is not None and (
             getattr(pcls, "fast_forward_horizon", None) is not Policy.fast_forward_horizon
         )
-
-    def _cost(self, eng: SimEngine) -> None:
-        cost = eng.cost
-        self.step_time = cost.step_time
-        self.seq_aware = accepts_prefill_seqs(cost.step_time)  # fitted CPU profiles: per prefill
-        self.coef: tuple[float, float, float, float] | None = None
-        if type(cost) is LinearCostModel:  # inlined for decode-only steps (bit-identical)
-            self.coef = (cost.c0, cost.c_token, cost.c_kv, cost.c_decode)
 
     # ------------------------------------------------------------------ the loop
     def serve(self) -> tuple[float, int]:
@@ -412,17 +378,6 @@ class Run:
             self.policy.on_admit(admitted, self.now)
 
     # ------------------------------------------------------------------ 5. forward pass
-    def step_dt(self, pf: int, dec: int, kv: int, pairs: float, nps: int) -> float:
-        """The step's duration (s); a decode-only step of a ``LinearCostModel`` is evaluated
-        inline with ``step_time``'s floating-point operations (its zero terms dropped)."""
-        coef = self.coef
-        if coef is not None and pf == 0:
-            c0, c_token, c_kv, c_decode = coef
-            return c0 + c_token * dec + c_kv * kv + c_decode * dec
-        if self.seq_aware:
-            return self.step_time(pf, dec, kv, pairs, prefill_seqs=nps)
-        return self.step_time(pf, dec, kv, pairs)
-
     def forward(self, pf: int, dec: int, kv: int, pairs: float, nps: int) -> float:
         """Advance the clock by one forward pass; returns the step's start time."""
         t0 = self.now
@@ -552,9 +507,9 @@ class Run:
         f_next = agg.fin_heap[0][0]
         kv_cap = kv.num_blocks * self.bs
         seg = (0, m, 0, 0, *w_counts, *agg.rc)
-        slow = self._decode_dt(m) if self.coef is None else None
+        timer = self.timer
         self.now, kv.free, k = decode_window(
-            agg, self.cols, m, self.now, kv.free, kv_cap, a_next, h, self.coef, slow
+            agg, self.cols, m, self.now, kv.free, kv_cap, a_next, h, timer.coef, timer.decode_dt(m)
         )
         stats["fast_forward_windows"] += 1
         stats["fast_forward_steps"] += k
@@ -568,10 +523,6 @@ class Run:
         self.finish(agg.pop_finished(reqs))
         self.cols.kv.append(kv.used_tokens())
         self.cols.seg.extend((1, *seg))
-
-    def _decode_dt(self, m: int) -> Callable[[int], float]:
-        """``decode_window``'s step time for a cost model it cannot inline."""
-        return lambda kv: self.step_dt(0, m, kv, 0.0, 0)
 
     def aggregate_step(self, m: int, budget: int, w_counts: tuple[int, ...]) -> None:
         """One step in which the ``m`` members decode (aggregated) and waiting requests are

@@ -1,0 +1,64 @@
+"""A policy as a Hydra spec, so that an engine core in another process can rebuild it.
+
+In process mode ``multiprocess`` (and for a policy given as a spec) the policy travels with
+every request as JSON (``SamplingParams.extra_args``) and the scheduler builds it with
+``hydra.utils.instantiate``: :func:`policy_spec` says how, or refuses before any engine starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from scheduler.policies.base import Policy
+
+
+def policy_spec(policy: Policy | Mapping[str, Any]) -> dict[str, Any]:
+    """A Hydra spec that rebuilds ``policy`` in another process.
+
+    Accepts a spec directly; a policy that exposes ``spec()`` or ``_spec``; a dataclass
+    policy (its init fields). Anything else cannot cross a process boundary without pickling.
+    """
+    if isinstance(policy, Mapping):
+        if "_target_" not in policy:
+            raise ValueError(f"policy spec {dict(policy)!r}: expected a '_target_' key")
+        return dict(policy)
+    spec = _object_spec(policy)
+    if "victim" in vars(policy) and "victim" not in spec:  # a rule set on this object
+        v = policy.victim
+        spec["victim"] = (
+            {"_target_": "scheduler.policies.victims.order_key"} if v is None else v.spec()
+        )
+    return spec
+
+
+def _object_spec(policy: Policy) -> dict[str, Any]:
+    cls = type(policy)
+    target = f"{cls.__module__}.{cls.__qualname__}"
+    for attr in ("spec", "_spec"):
+        s = getattr(policy, attr, None)
+        s = s() if callable(s) else s
+        if isinstance(s, Mapping) and "_target_" in s:
+            return dict(s)
+    if dataclasses.is_dataclass(policy):
+        fields = {f.name: getattr(policy, f.name) for f in dataclasses.fields(policy) if f.init}
+        return {"_target_": target, **fields}
+    if cls.__init__ is object.__init__ or not _init_params(cls):
+        return {"_target_": target}  # no constructor parameters: nothing can be lost
+    raise ValueError(
+        f"policy {target}: cannot rebuild it inside a separate engine process; "
+        "pass its Hydra spec (a dict with '_target_'), make it a dataclass, or "
+        "use engine.process_mode=inprocess"
+    )
+
+
+def _init_params(cls: type) -> list[str]:
+    """Constructor parameters (with or without defaults), except self, *args, **kwargs."""
+    sig = inspect.signature(cls.__init__)
+    return [
+        n
+        for n, p in sig.parameters.items()
+        if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
