@@ -46,7 +46,7 @@ Code layout: this module is the public face (``SimEngine``: parameters, ``run``,
 (micro-batch collection), ``policy_hooks`` (2), then ``fast_step`` (the fast-forward: ``window``
 or ``aggregate_step``) or ``general_step``: ``continue_running`` with ``preempt_for_memory``
 (3), ``admit_in_order`` (4), ``forward`` + ``advance`` (5: step time, tokens, first token) and
-``finish``; both paths share admission, ``classify`` (step-time arguments), ``step_dt``,
+``finish``; both paths share admission, ``steptime.classify`` (step-time arguments), ``step_dt`` (``steptime.StepTimer``),
 ``advance``, ``finish`` and ``record`` (the step-table row). Its state lives in three objects:
 ``kv.KVBlocks`` (free/held blocks), ``waiting.WaitingQueue`` (the keyed lazy heap, the
 waiting dict, per-tier counts) and ``fastforward.DecodeAggregates`` (the stretch aggregates and
