@@ -26,6 +26,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from report import runs
+from report.job_spec import JobSpec, LoadSpec
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -130,10 +131,6 @@ def build_policy(pcfg: DictConfig) -> Any:
     return policy
 
 
-def container(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 # --- preparing a job: every check before an engine starts ----------------------------------------
 @dataclass
 class Prepared:
@@ -146,37 +143,31 @@ class Prepared:
     faults: Any  # scheduler.faults.FaultPlan | None
 
 
-def prepare(
-    cfg: DictConfig,
-    pcfgs: dict[str, DictConfig] | None = None,
-    workload: Callable[[], Any] | None = None,
-) -> Prepared:
-    """Validate and build a job. Every config error surfaces here, before an engine starts (and
-    before the workload is drawn): the engine's constructor validates its config without starting
-    anything, and every policy is built and armed up front.
+def prepare(spec: JobSpec, workload: Callable[[], Any] | None = None) -> Prepared:
+    """Validate and build a job. Every config error surfaces here (or in
+    :meth:`JobSpec.from_config`), before an engine starts and before the workload is drawn: the
+    engine's constructor validates its config without starting anything, and every policy is
+    built and armed up front.
 
-    ``pcfgs``: policy configs by label (default: :func:`policy_configs`); ``workload``: builds the
-    workload (default: ``data.presets.workload_from_config(cfg.workload, seed)``).
+    ``workload``: builds the workload (default:
+    ``data.presets.workload_from_config(spec.workload, spec.seed)``).
     """
     from hydra.utils import instantiate
 
-    from data.presets import check_load, workload_from_config
-    from scheduler.faults import FaultPlan, guard_config
+    from data.presets import workload_from_config
 
-    check_load(cfg.get("utilisation"), cfg.get("rate_rps"))
-    faults = FaultPlan.from_config(container(cfg.get("faults")))
-    guard = guard_config(container(cfg.get("predictor_guard")))
-    engine = instantiate(cfg.engine)
+    faults = spec.faults
+    engine = instantiate(spec.engine)
     if faults is not None and faults.live_only and not engine.supports_live_faults:
         raise ValueError(
             f"faults: client and engine faults (faults.client, faults.engine) need the live "
             f"engine (engine=vllm); engine {engine.name!r} supports faults.predictor only"
         )
-    pcfgs = policy_configs(cfg) if pcfgs is None else pcfgs
-    require_preset_predictor(cfg, pcfgs)
+    pcfgs = dict(spec.policies)
+    require_preset_predictor(spec.workload, pcfgs)
     policies = {name: build_policy(p) for name, p in pcfgs.items()}
-    _arm_policies(policies, faults, guard, single=cfg.get("policy") is not None)
-    wl = workload() if workload is not None else workload_from_config(cfg.workload, seed=cfg.seed)
+    _arm_policies(policies, faults, spec.guard, single=spec.single)
+    wl = workload() if workload is not None else workload_from_config(spec.workload, spec.seed)
     cap = engine.max_requests
     if cap is not None and len(wl) > cap:
         # The live engine serves a few requests/s on CPU: the head of the workload (same
@@ -189,20 +180,20 @@ def prepare(
     return Prepared(engine, wl, pcfgs, policies, faults)
 
 
-def require_preset_predictor(cfg: DictConfig, pcfgs: Mapping[str, DictConfig]) -> None:
+def require_preset_predictor(workload: Mapping[str, Any], pcfgs: Mapping[str, DictConfig]) -> None:
     """A workload preset judged with its own predictor (``workload.predictor``: dir + train
     overrides) names the command that trains it when a learned policy finds it missing."""
-    pred = cfg.workload.get("predictor")
+    pred = workload.get("predictor")
     if pred is None or not pred.get("train"):
         return
     for name, p in pcfgs.items():
         d = p.get("predictor_dir")
-        if d is None or str(d) != str(pred.dir):
+        if d is None or str(d) != str(pred["dir"]):
             continue
         if not (resolve_path(d) / "length" / "meta.json").is_file():
-            train = " ".join(str(o) for o in pred.train)
+            train = " ".join(str(o) for o in pred["train"])
             raise FileNotFoundError(
-                f"policy {name!r}: workload {cfg.workload.get('name')!r} is judged with the "
+                f"policy {name!r}: workload {workload.get('name')!r} is judged with the "
                 f"predictor at {d}, which is not trained yet; train it with `python train.py "
                 f"{train} out_dir={d} logger=none` (or run the suite: python -m "
                 "report.generalisation, which trains it)"
@@ -241,43 +232,47 @@ class Load:
     capacity_rps: float  # NaN when rate_rps was given
 
 
-def offered_load(cfg: DictConfig, engine: Any, workload: Any) -> Load:
-    if cfg.get("rate_rps") is not None:
-        return Load(None, float(cfg.rate_rps), float("nan"))
+def offered_load(load: LoadSpec, engine: Any, workload: Any) -> Load:
+    if load.rate_rps is not None:
+        return Load(None, load.rate_rps, float("nan"))
+    assert load.utilisation is not None  # (JobSpec.from_config checked the load)
     capacity = float(engine.capacity_rps(workload))
-    return Load(float(cfg.utilisation), float(cfg.utilisation) * capacity, capacity)
+    return Load(load.utilisation, load.utilisation * capacity, capacity)
 
 
 def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
     """Run every selected policy on one workload and engine; returns summaries by policy."""
-    return run_prepared(cfg, run_dir, prepare(cfg))
+    pcfgs = policy_configs(cfg)
+    spec = JobSpec.from_config(cfg, pcfgs)  # the config, converted once: typed from here down
+    job = prepare(spec)
+    return run_prepared(spec, run_dir, job)
 
 
-def run_prepared(cfg: DictConfig, run_dir: Path, job: Prepared) -> dict[str, dict[str, Any]]:
+def run_prepared(spec: JobSpec, run_dir: Path, job: Prepared) -> dict[str, dict[str, Any]]:
     """Run a prepared job into ``run_dir`` (one sub-directory per policy unless ``+policy=``);
     the engine is started once for the capacity probe and every policy, and shut down when the
     job ends, also when a run fails."""
     from scheduler.metrics import workload_slos
 
     with job.engine:
-        load = offered_load(cfg, job.engine, job.workload)
+        load = offered_load(spec.load, job.engine, job.workload)
         workload = job.workload.at_rate(load.rate_rps)
         ctx = _JobContext(
-            cfg=cfg,
+            spec=spec,
             engine=job.engine,
             workload=workload,
             load=load,
             slos=workload_slos(workload),
-            overlap=train_overlap(cfg, workload, job.pcfgs),
+            overlap=train_overlap(spec, workload, job.pcfgs),
             distinct=workload.distinct_prompts(),  # once: the same workload for every policy
             faults=job.faults,
         )
         print(
-            f"workload {workload.name!r} seed {cfg.seed}: {len(workload)} requests, "
+            f"workload {workload.name!r} seed {spec.seed}: {len(workload)} requests, "
             f"capacity {load.capacity_rps:.3f} req/s, load {load.rate_rps:.3f} req/s "
             f"(utilisation {'n/a' if load.utilisation is None else load.utilisation})"
         )
-        single = len(job.pcfgs) == 1 and cfg.get("policy") is not None
+        single = len(job.pcfgs) == 1 and spec.single
         summaries = {
             name: run_policy(
                 ctx, name, pcfg, job.policies[name], run_dir if single else run_dir / name
@@ -289,7 +284,7 @@ def run_prepared(cfg: DictConfig, run_dir: Path, job: Prepared) -> dict[str, dic
         return summaries
 
 
-def train_overlap(cfg: DictConfig, workload: Any, pcfgs: Mapping[str, DictConfig]) -> dict:
+def train_overlap(spec: JobSpec, workload: Any, pcfgs: Mapping[str, DictConfig]) -> dict:
     """``train_overlap`` per policy (None without a predictor); refuses a learned policy on
     prompts its predictor trained on unless ``allow_train_overlap`` (``data.holdout``)."""
     from data.holdout import train_overlaps
@@ -301,7 +296,7 @@ def train_overlap(cfg: DictConfig, workload: Any, pcfgs: Mapping[str, DictConfig
     return train_overlaps(
         workload.requests,
         dirs,
-        allow=bool(cfg.get("allow_train_overlap", False)),
+        allow=spec.allow_train_overlap,
         workload=workload.name,
     )
 
@@ -310,7 +305,7 @@ def train_overlap(cfg: DictConfig, workload: Any, pcfgs: Mapping[str, DictConfig
 class _JobContext:
     """What every policy of a job shares."""
 
-    cfg: DictConfig
+    spec: JobSpec
     engine: Any
     workload: Any  # at its offered rate
     load: Load
@@ -325,7 +320,7 @@ class _JobContext:
         return evaluate_identity(
             policy=policy,
             workload=self.workload.name,
-            seed=int(self.cfg.seed),
+            seed=self.spec.seed,
             engine=self.engine.name,
             utilisation=self.load.utilisation,
             rate_rps=self.load.rate_rps,
@@ -338,16 +333,15 @@ def run_policy(ctx: _JobContext, name: str, pcfg: DictConfig, policy: Any, out_d
     from report.tracking import log_evaluation, start_run
     from scheduler.metrics import summarize
 
-    cfg, engine = ctx.cfg, ctx.engine
+    engine = ctx.engine
     identity = ctx.identity(
         name,
         policy_params=OmegaConf.to_container(pcfg, resolve=True),
         engine_params=engine.describe(),
-        name=cfg.get("run_name"),
+        name=ctx.spec.run_name,
         extra={"capacity_rps": ctx.load.capacity_rps, "train_overlap": ctx.overlap[name]},
     )
-    lcfg = OmegaConf.to_container(cfg.logger, resolve=True)
-    with start_run(lcfg, identity, dir=out_dir) as tracker:
+    with start_run(dict(ctx.spec.logger), identity, dir=out_dir) as tracker:
         # marks the job unfinished until summary.json is written (report.runs reads it): a run
         # that raises or is killed stays flagged, also in the bare command's tree
         marker = runs.mark_running(out_dir, f"running policy {name}\n")
@@ -365,12 +359,8 @@ def run_policy(ctx: _JobContext, name: str, pcfg: DictConfig, policy: Any, out_d
             if close is not None:
                 close()  # the predictor guard's worker thread
         wall = time.perf_counter() - t0
-        summary = summarize(
-            result.records,
-            ctx.slos,
-            _summary_extra(ctx, name, policy, result, wall),
-            tokens=result.meta,
-        )
+        extra = _summary_extra(ctx, name, policy, result, wall)
+        summary = summarize(result.records, ctx.slos, extra, tokens=result.meta)
         runs.write_outputs(out_dir, result, summary)  # summary.json last: marks the job finished
         marker.unlink(missing_ok=True)
         log_evaluation(tracker, runs.clean_json(summary))
@@ -391,14 +381,14 @@ def _summary_extra(ctx: _JobContext, name: str, policy: Any, result: Any, wall: 
         "policy": name,
         "engine": ctx.engine.name,
         "workload": ctx.workload.name,
-        "seed": int(ctx.cfg.seed),
-        "utilisation": ctx.cfg.utilisation,
+        "seed": ctx.spec.seed,
+        "utilisation": ctx.spec.load.utilisation,
         "rate_rps": ctx.load.rate_rps,
         "capacity_rps": ctx.load.capacity_rps,
         "train_overlap": ctx.overlap[name],
-        "allow_train_overlap": bool(ctx.cfg.get("allow_train_overlap", False)),
+        "allow_train_overlap": ctx.spec.allow_train_overlap,
         "distinct_prompts": ctx.distinct,
-        "unseen_by": container(ctx.cfg.workload).get("unseen_by"),
+        "unseen_by": ctx.spec.workload.get("unseen_by"),
         "sim_wall_s": wall,
         "policy_params": {**policy.describe(), **describe_victim(policy.victim)},
         "predictor": predictor_health(policy) or result.meta.get("predictor"),
@@ -415,27 +405,26 @@ def write_comparison(ctx: _JobContext, run_dir: Path, summaries: Mapping[str, di
     from report.tracking import start_run
     from scheduler.metrics import comparison_reading, comparison_table
 
-    cfg = ctx.cfg
-    table = comparison_table(summaries, baseline=cfg.baseline, reference=cfg.reference)
+    spec = ctx.spec
+    table = comparison_table(summaries, baseline=spec.baseline, reference=spec.reference)
     runs.atomic_write(run_dir / runs.COMPARISON, lambda p: table.to_csv(p))
     print()
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
-    reading = comparison_reading(table, baseline=cfg.baseline, reference=cfg.reference)
+    reading = comparison_reading(table, baseline=spec.baseline, reference=spec.reference)
     if reading:
         print(
             f"\nWhat this says (workload {ctx.workload.name!r}, utilisation "
-            f"{cfg.utilisation}, seed {cfg.seed}, {ctx.distinct:,} distinct "
+            f"{spec.load.utilisation}, seed {spec.seed}, {ctx.distinct:,} distinct "
             "prompts; one seed: use a sweep for intervals):"
         )
         for line in reading:
             print(f"  - {line}")
     identity = ctx.identity(
         "compare",
-        name=f"compare-{ctx.workload.name}-{cfg.seed}",
+        name=f"compare-{ctx.workload.name}-{spec.seed}",
         extra={"compare": ",".join(summaries)},
     )
-    lcfg = OmegaConf.to_container(cfg.logger, resolve=True)
-    with start_run(lcfg, identity, dir=run_dir) as tracker:
+    with start_run(dict(spec.logger), identity, dir=run_dir) as tracker:
         tracker.log_table("comparison", table.reset_index())
 
 
@@ -493,8 +482,9 @@ def run_arms(
         cfg0 = OmegaConf.create(OmegaConf.to_container(next(iter(todo.values())), resolve=False))
         del cfg0["policy"]  # no policy key: one sub-directory per arm
         t0 = time.perf_counter()
-        job = prepare(cfg0, {label: c.policy for label, c in todo.items()}, workload)
-        run_prepared(cfg0, run_dir, job)
+        spec = JobSpec.from_config(cfg0, {label: c.policy for label, c in todo.items()})
+        job = prepare(spec, workload)
+        run_prepared(spec, run_dir, job)
         timing = {"wall_s": time.perf_counter() - t0, "arms": sorted(todo)}
         runs.write_json(run_dir / "group_timing.json", timing)
     JOBS["run"] += len(todo)
