@@ -29,8 +29,6 @@ from report.generalisation import (
     SUITE,
     Entry,
     SuitePlan,
-    _mean,
-    _summary,
     collect,
     run_suite,
     suite_paths,
@@ -38,7 +36,20 @@ from report.generalisation import (
     train_suite_predictors,
 )
 from report.jobs import Arm
-from report.results import REPO, _group_minutes, fmt_ci, get, md_table, rel
+from report.runs import group_minutes, read_summary
+from report.tables import (
+    REPO,
+    figure_link,
+    finite_mean,
+    fmt_ci,
+    latency,
+    load_table,
+    md_table,
+    rel,
+    relative_change,
+    section_header,
+    signed_pct,
+)
 from scheduler.policies.drift import DriftPolicy
 
 REFERENCE = "drift"  # the shipped default: every delta is paired against it
@@ -134,9 +145,9 @@ def paired_delta(
     for _seed, by in sorted(runs.items()):
         if label not in by or ref not in by:
             continue
-        a = get(_summary(by[label]), "latency", "e2e_s", "mean")
-        b = get(_summary(by[ref]), "latency", "e2e_s", "mean")
-        out.append(a / b - 1 if b > 0 else math.nan)
+        a = latency(read_summary(by[label]), "e2e_s", "mean")
+        b = latency(read_summary(by[ref]), "e2e_s", "mean")
+        out.append(relative_change(a, b))
     return out
 
 
@@ -149,10 +160,23 @@ def _row_labels(baselines: Sequence[str]) -> list[str]:
     ]
 
 
+SECTION_COLUMNS = (
+    "arm",
+    "mean E2E (s)",
+    f"vs {REFERENCE}",
+    "capture",
+    "P99 E2E (s)",
+    "P99 / FIFO",
+    "premium TTFT P99 (s)",
+    "max preemptions / request",
+    "recompute tax",
+)
+
+
 def section(
     e: Entry, runs: Mapping[float, Mapping[int, Mapping[str, Path]]], baselines: Sequence[str]
 ) -> list[str]:
-    lines = [f"### {e.name}", ""]
+    lines = section_header(e.name)
     for u, by_seed in runs.items():
         m = collect(by_seed)
         rows = []
@@ -174,25 +198,7 @@ def section(
                     fmt_ci(v["recompute tax"]),
                 ]
             )
-        lines += [
-            f"Utilisation {u:g} ({len(by_seed)} seeds):",
-            "",
-            md_table(
-                [
-                    "arm",
-                    "mean E2E (s)",
-                    f"vs {REFERENCE}",
-                    "capture",
-                    "P99 E2E (s)",
-                    "P99 / FIFO",
-                    "premium TTFT P99 (s)",
-                    "max preemptions / request",
-                    "recompute tax",
-                ],
-                rows,
-            ),
-            "",
-        ]
+        lines += load_table(u, len(by_seed), SECTION_COLUMNS, rows)
     return lines
 
 
@@ -213,11 +219,10 @@ def mechanism_overview(runs: Runs) -> tuple[str, dict[str, Any]]:
         for e, u in cols:
             d = paired_delta(runs[e][u], label, ref)
             key[f"{label}|{e}|{u:g}"] = d
-            x = _mean(d) if d else math.nan
+            x = finite_mean(d) if d else math.nan
             ds.append(x)
-            row.append(f"{100 * x:+.1f}%" if math.isfinite(x) else "n/a")
-        avg = _mean(ds)
-        row.append(f"{100 * avg:+.1f}%" if math.isfinite(avg) else "n/a")
+            row.append(signed_pct(x))
+        row.append(signed_pct(finite_mean(ds)))
         rows.append(row)
     return md_table(["arm", *[f"{e} @{u:g}" for e, u in cols], "average"], rows), key
 
@@ -226,17 +231,17 @@ def _cell_targets(m: Mapping[str, Mapping[str, list[float]]], non_oracle: Sequen
     """One (workload, load) cell of the issue's targets table (see :func:`targets`)."""
     best = min(
         (b for b in non_oracle if b in m),
-        key=lambda b: _mean(m[b]["mean E2E (s)"]),
+        key=lambda b: finite_mean(m[b]["mean E2E (s)"]),
         default=None,
     )
-    d = _mean(m[REFERENCE]["mean E2E (s)"])
-    gap = d / _mean(m[best]["mean E2E (s)"]) - 1 if best else math.nan
-    vs_sjf = d / _mean(m["sjf"]["mean E2E (s)"]) - 1 if "sjf" in m else math.nan
-    p99 = _mean(m[REFERENCE]["p99_vs_fifo"])
+    d = finite_mean(m[REFERENCE]["mean E2E (s)"])
+    gap = d / finite_mean(m[best]["mean E2E (s)"]) - 1 if best else math.nan
+    vs_sjf = d / finite_mean(m["sjf"]["mean E2E (s)"]) - 1 if "sjf" in m else math.nan
+    p99 = finite_mean(m[REFERENCE]["p99_vs_fifo"])
     maxpre = max(m[REFERENCE]["max preemptions / request"])
-    tax = _mean(m[REFERENCE]["recompute tax"])
+    tax = finite_mean(m[REFERENCE]["recompute tax"])
     before = "drift-victim" if "drift-victim" in m else "sjf"
-    tax0 = _mean(m[before]["recompute tax"]) if before in m else math.nan
+    tax0 = finite_mean(m[before]["recompute tax"]) if before in m else math.nan
     checks = {
         "best-2%": gap <= 0.02,
         "sjf+1%": vs_sjf <= 0.01,
@@ -288,7 +293,7 @@ def targets(runs: Runs, baselines: Sequence[str]) -> list[str]:
         ],
         rows,
     )
-    avg = _mean(vs_sjf)
+    avg = finite_mean(vs_sjf)
     return [
         table,
         "",
@@ -314,7 +319,7 @@ def frontier_figure(runs: Runs, baselines: Sequence[str], path: Path) -> None:
         m = collect(runs[e][u])
 
         def pt(lab: str, m: Mapping = m) -> tuple[float, float]:
-            return _mean(m[lab]["mean E2E (s)"]), _mean(m[lab]["P99 E2E (s)"])
+            return finite_mean(m[lab]["mean E2E (s)"]), finite_mean(m[lab]["P99 E2E (s)"])
 
         xs = [pt(lab) for lab in curve if lab in m]
         if xs:
@@ -349,7 +354,7 @@ def frontier_dominance(runs: Runs, baselines: Sequence[str]) -> list[str]:
             m = collect(by_seed)
 
             def pt(lab: str, m: Mapping = m) -> tuple[float, float]:
-                return _mean(m[lab]["mean E2E (s)"]), _mean(m[lab]["P99 E2E (s)"])
+                return finite_mean(m[lab]["mean E2E (s)"]), finite_mean(m[lab]["P99 E2E (s)"])
 
             pts = [pt(lab) for lab in curve if lab in m]
             beaten = [
@@ -359,7 +364,7 @@ def frontier_dominance(runs: Runs, baselines: Sequence[str]) -> list[str]:
                 and b not in (REFERENCE, "oracle", "srpt_oracle")
                 and not any(x <= pt(b)[0] and y <= pt(b)[1] for x, y in pts)
             ]
-            p99_ok = _mean(m[REFERENCE]["p99_vs_fifo"]) <= 1.0 if REFERENCE in m else False
+            p99_ok = finite_mean(m[REFERENCE]["p99_vs_fifo"]) <= 1.0 if REFERENCE in m else False
             rows.append(
                 [
                     e,
@@ -392,12 +397,13 @@ def low_load(low: Mapping[str, Mapping[float, Mapping[int, Mapping[str, Path]]]]
     for e, by_u in low.items():
         for u, by_seed in by_u.items():
             r = [
-                get(_summary(by["drift"]), "latency", "e2e_s", "mean")
-                / get(_summary(by["fifo"]), "latency", "e2e_s", "mean")
-                - 1
+                relative_change(
+                    latency(read_summary(by["drift"]), "e2e_s", "mean"),
+                    latency(read_summary(by["fifo"]), "e2e_s", "mean"),
+                )
                 for by in by_seed.values()
             ]
-            ok = abs(_mean(r)) <= 0.01 or _mean(r) < 0
+            ok = abs(finite_mean(r)) <= 0.01 or finite_mean(r) < 0
             rows.append([e, f"{u:g}", fmt_ci(r, pct=True), "met" if ok else "**missed**"])
     if not rows:
         return []
@@ -442,7 +448,7 @@ def write_document(
         f"Regenerated by `{cmd}` (plan `{plan.name}`: {len(runs)} workloads x loads "
         f"{list(plan.loads)} x seeds {list(plan.seeds)}, {plan.n_requests:,} requests each; "
         f"this invocation {wall_s / 60:.1f} min wall on this 2-core machine; the simulation "
-        f"groups took {_group_minutes(root):.0f} min in their last runs (sum of `group_timing.json`) "
+        f"groups took {group_minutes(root):.0f} min in their last runs (sum of `group_timing.json`) "
         "on a machine shared with other jobs; finished runs are reused), "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). Runs: "
         f"`{rel(root)}/<workload>/u<load>/seed<seed>/<arm>/`, shared with "
@@ -471,7 +477,7 @@ def write_document(
         f"drift's curve: `boost_gamma` null (the default), then {list(TAIL_GAMMAS)}; grey: "
         "every baseline's point (means over seeds, log axes).",
         "",
-        f"![frontier]({fig.relative_to(doc.parent).as_posix()})",
+        figure_link("frontier", fig, doc.parent),
         "",
         *frontier_dominance(runs, baselines),
         "",

@@ -34,6 +34,7 @@ from report.comparison import (
     wide_table,
 )
 from report.runs import Run, discover_runs
+from report.tables import figure_link
 
 # the columns of the printed table (the Markdown report has every metric)
 PRINTED = ("e2e_mean_s", "e2e_p99_s", "premium_ttft_p99_s", "slo_attainment", "jain", "preemptions")
@@ -119,24 +120,8 @@ def build_report(
     done = [it.run for it in items]
     per_run = per_run_table(done, [it.summary for it in items], baseline, reference)
     label_order = order_labels(per_run["label"], baseline, reference)
-    per_run["_order"] = per_run["label"].map({lab: i for i, lab in enumerate(label_order)})
-    per_run = (
-        per_run.sort_values(["_order", "utilisation", "seed"], kind="stable")
-        .drop(columns="_order")
-        .reset_index(drop=True)
-    )
-    for lab in label_order:
-        for u in _loads(per_run):
-            g = per_run[
-                (per_run["label"] == lab)
-                & ((per_run["utilisation"] == u) if u is not None else True)
-            ]
-            if len(g) == 1:
-                warnings.append(
-                    f"{lab!r}"
-                    + (f" at utilisation {u:g}" if u is not None else "")
-                    + ": one seed only, no confidence interval"
-                )
+    per_run = _sorted(per_run, label_order)
+    warnings += _single_seed_warnings(per_run, label_order)
     table = aggregate(per_run)
     metric_cols = [m.key for m in METRICS] + [c for c in per_run.columns if "_vs_" in c]
     wide = wide_table(table, metric_cols)
@@ -172,6 +157,34 @@ def build_report(
         )
     )
     return rep
+
+
+def _sorted(per_run: pd.DataFrame, label_order: Sequence[str]) -> pd.DataFrame:
+    """Rows in label order (baseline first, reference last), then by load and seed."""
+    per_run["_order"] = per_run["label"].map({lab: i for i, lab in enumerate(label_order)})
+    return (
+        per_run.sort_values(["_order", "utilisation", "seed"], kind="stable")
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )
+
+
+def _single_seed_warnings(per_run: pd.DataFrame, label_order: Sequence[str]) -> list[str]:
+    """One warning per label and load measured on a single seed (no confidence interval)."""
+    warnings = []
+    for lab in label_order:
+        for u in _loads(per_run):
+            g = per_run[
+                (per_run["label"] == lab)
+                & ((per_run["utilisation"] == u) if u is not None else True)
+            ]
+            if len(g) == 1:
+                warnings.append(
+                    f"{lab!r}"
+                    + (f" at utilisation {u:g}" if u is not None else "")
+                    + ": one seed only, no confidence interval"
+                )
+    return warnings
 
 
 def _figures(
@@ -281,8 +294,7 @@ def _markdown(
         lines += [f"Single-load figures show utilisation {focus:g}.", ""]
     for key, caption in CAPTIONS.items():
         if key in rep.figures:
-            rel = rep.figures[key].relative_to(rep.out_dir)
-            lines += [f"![{key}]({rel.as_posix()})", "", f"*{caption}*", ""]
+            lines += [figure_link(key, rep.figures[key], rep.out_dir), "", f"*{caption}*", ""]
         elif key in MISSING:
             lines += [f"- `{key}` not drawn: {MISSING[key]}.", ""]
     if rep.warnings:

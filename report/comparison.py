@@ -21,12 +21,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from report.runs import Run
-
-LEVEL = 0.95  # confidence level of the intervals
+from report.tables import LEVEL, NA, interval_cell, md_table, t_interval
 
 
 @dataclass(frozen=True)
@@ -269,26 +267,6 @@ def per_run_table(
     return df.drop(columns="_pair")
 
 
-def t_interval(values: Iterable[float], level: float = LEVEL) -> tuple[float, float, float, int]:
-    """(mean, low, high, n) of the finite values with a Student-t interval on the mean.
-
-    ``mean +- t_{(1+level)/2, n-1} * s / sqrt(n)`` with ``s`` the sample standard deviation;
-    the bounds are NaN for n < 2 (no spread to estimate) and equal the mean when every value is.
-    """
-    from scipy import stats
-
-    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
-    v = v[np.isfinite(v)]
-    n = int(v.size)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan"), 0
-    mean = float(v.mean())
-    if n < 2:
-        return mean, float("nan"), float("nan"), n
-    half = float(stats.t.ppf((1 + level) / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
-    return mean, mean - half, mean + half, n
-
-
 def value_columns(df: pd.DataFrame) -> list[str]:
     """The metric and ratio columns of a :func:`per_run_table` frame, in table order."""
     ratios = [c for c in df.columns if "_vs_" in c]
@@ -346,7 +324,7 @@ def wide_table(agg: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.Da
         load = "" if pd.isna(r["utilisation"]) else f"{r['utilisation']:g}"
         cell = fmt(r["mean"])
         if math.isfinite(r["ci_low"]):
-            cell += f" [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
+            cell = interval_cell(r["mean"], r["ci_low"], r["ci_high"], fmt)
         rows.setdefault((r["label"], load), {"n": str(r["n"])})[r["metric"]] = cell
     index = pd.MultiIndex.from_tuples(list(rows), names=["policy", "utilisation"])
     out = pd.DataFrame(list(rows.values()), index=index)
@@ -374,15 +352,11 @@ def markdown_table(wide: pd.DataFrame) -> str:
         + (["utilisation"] if show_load else [])
         + [column_title(c) if c != "n" else "seeds" for c in wide.columns]
     )
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (label, load), row in wide.iterrows():
-        cells = (
-            [label]
-            + ([load] if show_load else [])
-            + [str(v) if isinstance(v, str) else "n/a" for v in row]
-        )
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [
+        [label, *([load] if show_load else []), *[v if isinstance(v, str) else NA for v in row]]
+        for (label, load), row in wide.iterrows()
+    ]
+    return md_table(head, rows)
 
 
 def order_labels(

@@ -21,8 +21,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from report.comparison import METRIC_BY_KEY, t_interval
+from data.schema import RUNTIME_CLASSES
+from report.comparison import METRIC_BY_KEY
 from report.runs import Run
+from report.tables import t_interval
 
 TIERS = ("premium", "standard", "batch")
 TIER_COLOURS = {"premium": "#d62728", "standard": "#1f77b4", "batch": "#7f7f7f"}
@@ -386,11 +388,13 @@ def fig_load_curves(
     labels: Sequence[str],
     path: Path,
     metrics: Sequence[str] = ("e2e_mean_s", "premium_ttft_p99_s", "slo_attainment"),
+    min_loads: int = 2,
 ) -> Path | None:
     """Metrics against utilisation per policy (mean over seeds, 95% CI whiskers); ``None``
-    unless the runs cover at least two loads."""
+    unless the runs cover at least ``min_loads`` loads. ``per_run``: one row per run with
+    ``label``, ``utilisation`` and the metric columns (``report.comparison`` keys)."""
     df = per_run[per_run["utilisation"].notna()]
-    if df["utilisation"].nunique() < 2:
+    if df["utilisation"].nunique() < min_loads:
         return None
     col = colours(labels)
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 4.0))
@@ -427,3 +431,44 @@ def fig_load_curves(
     np.atleast_1d(axes)[0].legend(fontsize=8, title="policy")
     fig.tight_layout()
     return _save(fig, path)
+
+
+# --- docs/RESULTS.md (report.results): bar charts over seeds' means ------------------------
+def fig_paper_waits(waits: Mapping[str, Mapping[str, list[float]]], path: Path) -> Path:
+    """docs/RESULTS.md: mean queue wait per tier and per runtime class of each paper arm."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, groups, title in (
+        (axes[0], TIERS, "per tier"),
+        (axes[1], RUNTIME_CLASSES, "per runtime class"),
+    ):
+        labels = list(waits)
+        w = 0.8 / len(labels)
+        for i, lab in enumerate(labels):
+            vals = [np.mean(waits[lab][g]) for g in groups]
+            ax.bar(np.arange(len(groups)) + i * w, vals, w, label=lab)
+        ax.set_xticks(np.arange(len(groups)) + 0.4 - w / 2, groups)
+        ax.set_ylabel("mean queue wait (s)")
+        ax.set_title(f"paper workload, micro-batch: {title}")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fig_tier_slo(att: Mapping[str, Mapping[str, list[float]]], load: float, path: Path) -> Path:
+    """docs/RESULTS.md: SLO attainment (TTFT and E2E) per tier of each policy at ``load``."""
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    labels = list(att)
+    w = 0.8 / len(labels)
+    for i, lab in enumerate(labels):
+        vals = [np.nanmean(att[lab][t]) for t in TIERS]
+        ax.bar(np.arange(len(TIERS)) + i * w, vals, w, label=lab)
+    ax.set_xticks(np.arange(len(TIERS)) + 0.4 - w / 2, TIERS)
+    ax.set_ylabel("SLO attainment (TTFT and E2E)")
+    ax.set_title(f"default workload, utilisation {load:g}: per-tier SLO attainment")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

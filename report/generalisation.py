@@ -19,7 +19,8 @@ Every workload section also reports the learned policies' predictor on that work
 requests (the first seed's): Kendall tau (pooled and within a generator) and MAE of the
 admission p50, cold (the artifact alone) and prequential online (``predictor.prequential``:
 ``OnlineLevels`` learning from completions and running requests in arrival order), so a
-scheduling number can be read next to how well the lengths were known.
+scheduling number can be read next to how well the lengths were known
+(``report.suite_predictors``: training, scoring and that table).
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +38,27 @@ from typing import Any
 import numpy as np
 
 from report.jobs import Arm, compose, run_arms
-from report.results import REPO, fmt_ci, get, md_table, rel
+from report.runs import read_summary
+from report.suite_predictors import (
+    ensure_predictor,
+    predictor_scores,
+    predictor_section,
+    write_predictor_numbers,
+)
+from report.tables import (
+    REPO,
+    capture,
+    figure_link,
+    finite_mean,
+    fixed,
+    fmt_ci,
+    get,
+    latency,
+    load_table,
+    md_table,
+    rel,
+    section_header,
+)
 
 
 @dataclass(frozen=True)
@@ -117,30 +136,6 @@ def preset_predictor(entry: Entry) -> tuple[str, list[str]] | None:
     return str(pred.dir), [str(o) for o in pred.train]
 
 
-def ensure_predictor(
-    directory: str, overrides: Sequence[str], extra: Sequence[str] = (), log: Any = print
-) -> float:
-    """Train ``directory`` with ``python train.py <overrides>`` unless it exists; seconds."""
-    d = Path(directory)
-    if not d.is_absolute():
-        d = REPO / d
-    if (d / "length" / "meta.json").is_file() and (d / "drift" / "meta.json").is_file():
-        return 0.0
-    cmd = [
-        sys.executable,
-        str(REPO / "train.py"),
-        *overrides,
-        f"out_dir={d}",
-        "logger=none",
-        "hydra.run.dir=" + str(REPO / "outputs" / "train" / "suite" / d.name),
-        *extra,
-    ]
-    log(f"training the suite predictor {rel(d)}: {' '.join(cmd[2:])}")
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
-
-
 def suite_policies(plan: SuitePlan) -> tuple[str, ...]:
     """The plan's policies: its own list, else ``conf/evaluate.yaml``'s ``compare``."""
     return plan.policies or tuple(compose([]).compare)
@@ -191,94 +186,23 @@ def run_suite(
     return runs
 
 
-def predictor_scores(
-    e: Entry, plan: SuitePlan, root: Path, over: Sequence[str] = ()
-) -> dict[str, Any] | None:
-    """Cold and online predictor metrics on the entry's workload (first seed), cached in
-    ``root/<entry>/predictor_seed<seed>.json``; None where the predictor is not trained."""
-    from data.presets import workload_from_config
-    from predictor.prequential import evaluate_frame
-    from predictor.score import load_length_model
-
-    seed = min(plan.seeds)
-    path = root / e.name / f"predictor_seed{seed}.json"
-    cfg = compose(
-        [
-            f"workload={e.workload}",
-            f"engine={e.engine}",
-            f"seed={seed}",
-            f"workload.n_requests={plan.n_requests}",
-            *over,
-        ]
-    )
-    d = Path(str(cfg.predictor_dir))
-    d = d if d.is_absolute() else REPO / d
-    if not ((d / "length" / "meta.json").is_file() or (d / "meta.json").is_file()):
-        return None
-    meta = (d / "length" / "meta.json") if (d / "length").is_dir() else d / "meta.json"
-    stamp = json.loads(meta.read_text()).get("created_utc")
-    if path.is_file():
-        hit = json.loads(path.read_text())
-        if hit.get("artifact_created_utc") == stamp and hit.get("n") == plan.n_requests:
-            return hit
-    wl = workload_from_config(cfg.workload, seed=seed)
-    out = evaluate_frame(load_length_model(d), wl.requests)
-    out.update(predictor_dir=rel(d), artifact_created_utc=stamp)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1, default=float))
-    return out
-
-
-PREDICTOR_COLUMNS = (
-    ("tau", "kendall_tau"),
-    ("tau within generator", "tau_within_generator"),
-    ("MAE (tokens)", "mae"),
-    ("MAE after 10%", "mae_after_warmup"),
-    ("p90 coverage", "p90_coverage"),
-)
-
-
-def predictor_table(scored: Mapping[str, Mapping[str, Any] | None]) -> str:
-    """Workloads x (cold, online) predictor metrics (markdown)."""
-    header = ["workload", "n"]
-    for lab, _ in PREDICTOR_COLUMNS:
-        header += [f"{lab} cold", f"{lab} online"]
-    rows = []
-    for name, sc in scored.items():
-        if sc is None:
-            rows.append([name, "-", *["not trained"] * (2 * len(PREDICTOR_COLUMNS))])
-            continue
-        row = [name, f"{sc['n']:,}"]
-        for _, key in PREDICTOR_COLUMNS:
-            for mode in ("cold", "online"):
-                v = sc[mode].get(key, math.nan)
-                row.append(f"{v:.3g}" if isinstance(v, float) and math.isfinite(v) else "n/a")
-        rows.append(row)
-    return md_table(header, rows)
-
-
-def _summary(d: Path) -> dict[str, Any]:
-    return json.loads((d / "summary.json").read_text())
-
-
 def collect(
     runs: Mapping[int, Mapping[str, Path]], baseline: str = "fifo", reference: str = "oracle"
 ) -> dict[str, dict[str, list[float]]]:
     """Per policy: metric -> one value per seed (headroom capture per seed)."""
     out: dict[str, dict[str, list[float]]] = {}
     for _seed, by_policy in sorted(runs.items()):
-        s = {p: _summary(d) for p, d in by_policy.items()}
-        fifo = get(s.get(baseline, {}), "latency", "e2e_s", "mean")
-        orc = get(s.get(reference, {}), "latency", "e2e_s", "mean")
+        s = {p: read_summary(d) for p, d in by_policy.items()}
+        fifo = latency(s.get(baseline, {}), "e2e_s", "mean")
+        orc = latency(s.get(reference, {}), "e2e_s", "mean")
         for p, summ in s.items():
             m = out.setdefault(p, {})
             for label, path, _pct in DISPLAY_METRICS:
                 m.setdefault(label, []).append(get(summ, *path))
-            e2e = get(summ, "latency", "e2e_s", "mean")
-            gap = fifo - orc
-            m.setdefault("capture", []).append((fifo - e2e) / gap if abs(gap) > 1e-9 else math.nan)
+            e2e = latency(summ, "e2e_s", "mean")
+            m.setdefault("capture", []).append(capture(fifo, e2e, orc, tol=1e-9))
             m.setdefault("p99_vs_fifo", []).append(
-                get(summ, "latency", "e2e_s", "p99") / get(s[baseline], "latency", "e2e_s", "p99")
+                latency(summ, "e2e_s", "p99") / latency(s[baseline], "e2e_s", "p99")
                 if baseline in s
                 else math.nan
             )
@@ -288,21 +212,16 @@ def collect(
     return out
 
 
-def _mean(v: Sequence[float]) -> float:
-    a = np.asarray([x for x in v if math.isfinite(x)], dtype=float)
-    return float(a.mean()) if len(a) else math.nan
-
-
 def entry_section(
     e: Entry,
     runs: Mapping[float, Mapping[int, Mapping[str, Path]]],
     plan: SuitePlan,
     scored: Mapping[str, Any] | None = None,
 ) -> tuple[list[str], dict[float, dict[str, dict[str, list[float]]]]]:
-    lines = [f"### {e.name}", "", workload_header(e.workload), ""]
+    lines = [*section_header(e.name), workload_header(e.workload), ""]
     pred = preset_predictor(e)
     first = next(iter(next(iter(runs.values())).values()))
-    s0 = _summary(next(iter(first.values())))
+    s0 = read_summary(next(iter(first.values())))
     lines.append(
         f"Preset `workload={e.workload}` on `engine={e.engine}`; predictor "
         f"`{pred[0] if pred else 'artifacts'}`"
@@ -345,7 +264,7 @@ def entry_section(
                     f"{max(ov):.3f}" if ov else "-",
                 ]
             )
-        lines += [f"Utilisation {u:g} ({len(by_seed)} seeds):", "", md_table(header, rows), ""]
+        lines += load_table(u, len(by_seed), header, rows)
     return lines, data
 
 
@@ -362,8 +281,8 @@ def overview(
         row = [f"`{p}`"]
         for e, u in cols:
             v = data[e][u].get(p, {}).get(metric)
-            x = _mean(v) if v else math.nan
-            row.append(f"{x:.{digits}f}" if math.isfinite(x) else "n/a")
+            x = finite_mean(v) if v else math.nan
+            row.append(fixed(x, f".{digits}f"))
         rows.append(row)
     return md_table(["policy", *[f"{e} @{u:g}" for e, u in cols]], rows)
 
@@ -385,7 +304,7 @@ def figure(
     ):
         grid = np.array(
             [
-                [_mean(data[e][u].get(p, {}).get(metric, [math.nan])) for e, u in cols]
+                [finite_mean(data[e][u].get(p, {}).get(metric, [math.nan])) for e, u in cols]
                 for p in policies
             ]
         )
@@ -412,24 +331,25 @@ def reading(
     for e, by_u in data.items():
         for u, m in by_u.items():
             cands = {
-                p: _mean(v["mean E2E (s)"])
+                p: finite_mean(v["mean E2E (s)"])
                 for p, v in m.items()
-                if p not in ("oracle", "srpt_oracle") and math.isfinite(_mean(v["mean E2E (s)"]))
+                if p not in ("oracle", "srpt_oracle")
+                and math.isfinite(finite_mean(v["mean E2E (s)"]))
             }
             if not cands:
                 continue
             best = min(cands, key=cands.get)  # type: ignore[arg-type]
             line = (
                 f"- **{e} @{u:g}**: best non-oracle mean E2E `{best}` "
-                f"({cands[best]:.1f} s, capture {_mean(m[best]['capture']):.2f}, P99/FIFO "
-                f"{_mean(m[best]['p99_vs_fifo']):.2f})"
+                f"({cands[best]:.1f} s, capture {finite_mean(m[best]['capture']):.2f}, P99/FIFO "
+                f"{finite_mean(m[best]['p99_vs_fifo']):.2f})"
             )
             if "drift" in m and best != "drift":
-                d = _mean(m["drift"]["mean E2E (s)"])
+                d = finite_mean(m["drift"]["mean E2E (s)"])
                 line += (
                     f"; `drift` {100 * (d / cands[best] - 1):+.1f}% mean E2E vs it, capture "
-                    f"{_mean(m['drift']['capture']):.2f}, P99/FIFO "
-                    f"{_mean(m['drift']['p99_vs_fifo']):.2f}"
+                    f"{finite_mean(m['drift']['capture']):.2f}, P99/FIFO "
+                    f"{finite_mean(m['drift']['p99_vs_fifo']):.2f}"
                 )
             out.append(line + ".")
     return out
@@ -456,11 +376,51 @@ def write_document(
         sections += lines
     fig = doc.parent / "figures" / f"generalisation_{plan.name}.png"
     figure(data, fig)
+    head = [
+        *_intro(plan, runs, wall_s, train_s),
+        "## Reading",
+        "",
+        *reading(data),
+        "",
+        "## Headroom capture (mean over seeds)",
+        "",
+        overview(data, "capture"),
+        "",
+        "## P99 E2E relative to FIFO (mean over seeds)",
+        "",
+        overview(data, "p99_vs_fifo"),
+        "",
+        *predictor_section(scored),
+        figure_link("capture and tail", fig, doc.parent),
+        "",
+        "## Workloads",
+        "",
+        *sections,
+    ]
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(head) + "\n")
+    write_predictor_numbers(root, scored)
+    return {
+        e: {
+            f"{u:g}": {p: {k: finite_mean(v) for k, v in m.items()} for p, m in by_p.items()}
+            for u, by_p in by_u.items()
+        }
+        for e, by_u in data.items()
+    }
+
+
+def _intro(
+    plan: SuitePlan,
+    runs: Mapping[str, Mapping[float, Mapping[int, Mapping[str, Path]]]],
+    wall_s: float,
+    train_s: float,
+) -> list[str]:
+    """The document's title, how it was regenerated (jobs, wall time) and the protocol."""
     n_jobs = sum(
         len(by_p) for by_u in runs.values() for by_s in by_u.values() for by_p in by_s.values()
     )
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    head = [
+    return [
         "# Generalisation suite",
         "",
         f"Regenerated by `python -m report.generalisation{' --quick' if plan.name == 'quick' else ''}`"
@@ -477,56 +437,7 @@ def write_document(
         "lengths); intervals are 95% t-intervals over seeds. `P99 / FIFO` < 1 is a better tail "
         "than FIFO.",
         "",
-        "## Reading",
-        "",
-        *reading(data),
-        "",
-        "## Headroom capture (mean over seeds)",
-        "",
-        overview(data, "capture"),
-        "",
-        "## P99 E2E relative to FIFO (mean over seeds)",
-        "",
-        overview(data, "p99_vs_fifo"),
-        "",
-        "## The predictor on each workload",
-        "",
-        "The learned policies' length predictor on each workload's requests (first seed): "
-        "Kendall tau of the admission p50 pooled and within a generator (n-weighted over "
-        "generators with >= 20 requests), MAE (all requests, and after the first 10% of "
-        "arrivals), p90 coverage; *cold* = the artifact alone, *online* = served "
-        "prequentially with `predictor.online.OnlineLevels` (levels model, tenant, category; "
-        "completions at arrival + 0.03 s per output token, running requests censored).",
-        "",
-        predictor_table(scored),
-        "",
-        f"![capture and tail]({fig.relative_to(doc.parent)})",
-        "",
-        "## Workloads",
-        "",
-        *sections,
     ]
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(head) + "\n")
-    key = {
-        e: {
-            f"{u:g}": {p: {k: _mean(v) for k, v in m.items()} for p, m in by_p.items()}
-            for u, by_p in by_u.items()
-        }
-        for e, by_u in data.items()
-    }
-    (root / "predictor_numbers.json").parent.mkdir(parents=True, exist_ok=True)
-    (root / "predictor_numbers.json").write_text(
-        json.dumps(
-            {
-                e: None if sc is None else {m: sc[m] for m in ("cold", "online")}
-                for e, sc in scored.items()
-            },
-            indent=1,
-            default=float,
-        )
-    )
-    return key
 
 
 def suite_paths(quick: bool, runs: str, doc: str | None, name: str) -> tuple[SuitePlan, Path, Path]:

@@ -341,3 +341,20 @@ def write_partial(job_dir: Path, name: str, exc: BaseException) -> str:
         + (f"; {left} unfinished request(s) left out" if left is not None else "")
         + f"; details in {PARTIAL_META}. This run is INCOMPLETE: do not compare it as finished\n"
     )
+
+
+def read_summary(job_dir: Path) -> dict[str, Any]:
+    """A finished job's ``summary.json`` (the report generators' source of numbers)."""
+    return json.loads((job_dir / SUMMARY).read_text())
+
+
+def load_run(job_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """A finished job's summary and record table."""
+    return read_summary(job_dir), pd.read_parquet(job_dir / RECORDS)
+
+
+def group_minutes(root: Path) -> float:
+    """Minutes the simulation groups under ``root`` took in all (their ``group_timing.json``,
+    written by ``report.jobs.run_arms``)."""
+    files = list(root.rglob("group_timing.json"))
+    return sum(json.loads(f.read_text())["wall_s"] for f in files) / 60

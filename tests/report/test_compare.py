@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 import compare
-from report.comparison import t_interval
 from report.runs import discover_runs, job_finished
+from report.tables import t_interval
 from tests.report.conftest import POLICIES, SEEDS
 
 T975 = {1: 12.706204736174707, 2: 4.302652729749464}  # Student-t 97.5% quantiles, df = 1, 2

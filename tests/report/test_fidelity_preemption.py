@@ -11,11 +11,11 @@ import math
 import pandas as pd
 import pytest
 
-from report.fidelity import (
+from report.fidelity import parse_args
+from report.preemption_fidelity import (
     SCRIPTED_VICTIM,
     PreemptionReport,
     common_prefix,
-    parse_args,
     record_victims,
     rel_diff,
     scripted_frame,

@@ -31,7 +31,7 @@ ENGINE = (
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from report.fidelity import run_preemption_fidelity
+    from report.preemption_fidelity import run_preemption_fidelity
 
     cache = tmp_path_factory.mktemp("driftsched-cache")
     out = tmp_path_factory.mktemp("preemption")

@@ -15,7 +15,7 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("DRIFTSCHED_PROGRESS", "off")
 
-from report import results
+from report import paper_replay, results
 
 
 def _records(rows: list[tuple[int, float, float, int]]) -> pd.DataFrame:
@@ -42,16 +42,16 @@ def test_replay_applies_only_earlier_completions() -> None:
         "tokenizer": np.zeros(3),
     }
     rec = _records([(0, 0.0, 1.0, 192), (1, 0.5, 5.0, 64), (2, 2.0, 6.0, 64)])
-    est = results.replay_estimates(rec, inputs, correction=True, counting="whitespace")
+    est = paper_replay.replay_estimates(rec, inputs, correction=True, counting="whitespace")
     ema = PaperEMA()
     first = ema.estimate_one("short_qa", "standard", 0.0)
     ema.update_one("short_qa", 192)
     assert est[0] == est[1] == first == 64.0
     assert est[2] == pytest.approx(ema.estimate_one("short_qa", "standard", 0.0))
     assert est[2] > est[1]  # the completion before #2's arrival raised the bias
-    off = results.replay_estimates(rec, inputs, correction=False, counting="whitespace")
+    off = paper_replay.replay_estimates(rec, inputs, correction=False, counting="whitespace")
     np.testing.assert_array_equal(off, [64.0, 64.0, 64.0])
-    err = results.est_errors(rec, off)
+    err = paper_replay.est_errors(rec, off)
     assert err["mae"] == pytest.approx((128 + 0 + 0) / 3)
 
 
