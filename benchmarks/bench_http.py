@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import md_table
+from report.tables import record_table
 
 
 def _warm(url: str, n: int = 2) -> None:
@@ -210,8 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     metas: dict[str, Any] = {}
     for rnd in range(a.repeats):
         rounds.append(_round(a, s, arms, rnd, metas))
-        print(md_table(list(rounds[-1].values())), flush=True)
-    md = md_table(_median_rows(arms, rounds))
+        print(record_table(list(rounds[-1].values())), flush=True)
+    md = record_table(_median_rows(arms, rounds))
     info = (
         f"{a.n} requests of the default workload at {a.utilisation} x capacity "
         f"({s.cap:.2f} req/s, {a.utilisation * s.cap:.2f} req/s), tiny model on CPU, "

@@ -33,7 +33,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import emit, md_table
+from benchmarks.common import emit
+from report.tables import record_table
 
 SPECS = {
     "fifo": {"_target_": "scheduler.policies.fifo.FIFOPolicy"},
@@ -182,9 +183,9 @@ def main() -> None:
         emit(out)
         return
     if "share" in out:
-        print(md_table([{"policy": k, **v} for k, v in out["share"].items()]))
+        print(record_table([{"policy": k, **v} for k, v in out["share"].items()]))
     if "throughput" in out:
-        print(md_table(out["throughput"]))
+        print(record_table(out["throughput"]))
 
 
 if __name__ == "__main__":

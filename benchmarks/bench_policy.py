@@ -28,7 +28,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 
-from benchmarks.common import BenchError, emit, md_table, python_cmd, run_measured
+from benchmarks.common import BenchError, emit, python_cmd, run_measured
+from report.tables import record_table
 
 WAITING = (100, 1_000, 10_000)
 RUNNING = 256
@@ -188,7 +189,7 @@ def main() -> None:
         return
     rows = measure([p for p in args.policies.split(",") if p], waiting, args.predictor_dir)
     cols = ["policy", "waiting", "us_per_step", "wall_us_per_step", "us_p99_step", "target_us"]
-    print(md_table(rows, [*cols, "ok"]))
+    print(record_table(rows, [*cols, "ok"]))
 
 
 if __name__ == "__main__":

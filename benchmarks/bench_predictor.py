@@ -39,7 +39,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 
-from benchmarks.common import ROOT, BenchError, emit, md_table, python_cmd, run_measured
+from benchmarks.common import ROOT, BenchError, emit, python_cmd, run_measured
+from report.tables import record_table
 
 BATCHES = (1, 64, 1024)
 REPEATS = 7
@@ -350,7 +351,7 @@ def main() -> None:
     for k, v in res.items():
         print(k, {a: b for a, b in v.items() if a != "rows"})
         if "rows" in v:
-            print(md_table(v["rows"]))
+            print(record_table(v["rows"]))
 
 
 if __name__ == "__main__":

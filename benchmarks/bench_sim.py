@@ -30,13 +30,13 @@ from benchmarks.common import (
     ROOT,
     BenchError,
     emit,
-    md_table,
     median,
     peers_python,
     python_cmd,
     run_measured,
 )
 from benchmarks.traces import peer_csv, sim_trace, trace_meta
+from report.tables import record_table
 
 PEER_KV_BLOCKS = 33_000  # 528k KV tokens of 16: no preemption on the benchmark traces
 PEERS = ("vidur", "sched-sim")
@@ -266,7 +266,7 @@ def main() -> None:
         "wall_s",
         "peak_rss_mb",
     ]
-    print(md_table(rows, cols))
+    print(record_table(rows, cols))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 
-from benchmarks.common import BenchError, md_table, one_thread_env, run_measured
+from benchmarks.common import BenchError, one_thread_env, run_measured
+from report.tables import record_table
 
 DEFAULT_ROWS = (10_000, 50_000, 200_000)
 
@@ -77,7 +78,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args, extra = ap.parse_known_args()
     rows = [int(x) for x in re.split(r"[,\s]+", args.rows) if x]
-    print(md_table(measure(rows, args.threads, extra)))
+    print(record_table(measure(rows, args.threads, extra)))
 
 
 if __name__ == "__main__":

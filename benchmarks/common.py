@@ -166,30 +166,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def md_table(rows: Sequence[dict[str, Any]], cols: Sequence[str] | None = None) -> str:
-    """A Markdown pipe table; floats get 3 significant digits (ratios and times alike)."""
-    if not rows:
-        return "(no rows)"
-    cols = list(cols or rows[0].keys())
-
-    def cell(v: Any) -> str:
-        if isinstance(v, bool):
-            return "yes" if v else "**no**"
-        if isinstance(v, float):
-            if v != v:
-                return "n/a"
-            if abs(v) >= 100:
-                return f"{v:,.0f}"
-            return f"{v:.3g}"
-        if isinstance(v, int):
-            return f"{v:,}"
-        return str(v)
-
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(out)
-
-
 def python_cmd(module: str, *args: str) -> list[str]:
     """``python -m module args`` with this interpreter."""
     return [sys.executable, "-m", module, *args]

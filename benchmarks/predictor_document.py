@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import predictor_online as online
-from benchmarks.common import md_table
 from benchmarks.predictor_config import VARIANTS, ReportConfig
 from benchmarks.predictor_length import Embeddings
 from predictor.eval_splits import EvalSplit
+from report.tables import record_table
 
 METRIC_COLS = ("n", "kendall_tau", "spearman", "mae", "mae_log", "p90_coverage", "class_accuracy")
 
@@ -153,7 +153,7 @@ def write_report(
     L += _online_part(rc, extras, rec_rows, cov_rows)
     L += _CALIBRATOR_API
     L += _drift_part(drift_rows)
-    L += ["## Targets", "", md_table(fmt_targets(len_rows, rec_rows, cov_rows, extras)), ""]
+    L += ["## Targets", "", record_table(fmt_targets(len_rows, rec_rows, cov_rows, extras)), ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(L) + "\n")
 
@@ -188,7 +188,7 @@ def _report_head(
         "`ref_tau` is the in-distribution model of the same variant on the same rows, so "
         "`tau_gap` is the transfer loss alone.",
         "",
-        md_table(
+        record_table(
             [
                 {
                     "split": k,
@@ -217,10 +217,10 @@ def _length_part(
     L: list[str] = []
     cols = ["split", "variant", *METRIC_COLS, "ref_tau", "tau_gap", "mae_gap"]
     for v in rc.variants:
-        L += [f"### {v}", "", md_table([r for r in len_rows if r["variant"] == v], cols), ""]
-    L += ["### Summary by variant", "", md_table(_variant_summary(len_rows, extras)), ""]
+        L += [f"### {v}", "", record_table([r for r in len_rows if r["variant"] == v], cols), ""]
+    L += ["### Summary by variant", "", record_table(_variant_summary(len_rows, extras)), ""]
     L += ["### Verdict (keep a variant only if it helps off distribution)", ""]
-    L += [md_table(verdicts(len_rows)), ""]
+    L += [record_table(verdicts(len_rows)), ""]
     if "minilm" in rc.variants and emb.encoder is not None:
         L += _encoder_cost(rc, splits, emb)
     return L
@@ -280,7 +280,7 @@ def _online_part(
     return [
         "## Latency (default, batch 64, one thread)",
         "",
-        md_table([{"variant": v, **extras[v]["latency"]} for v in rc.variants]),
+        record_table([{"variant": v, **extras[v]["latency"]} for v in rc.variants]),
         "",
         "## Online adaptation to an unseen generator",
         "",
@@ -295,14 +295,14 @@ def _online_part(
         "the generator, on the same rows. Gap = MAE - in-dist MAE; tokens = output tokens of the "
         "completed requests.",
         "",
-        md_table(recovery_table(rec_rows)),
+        record_table(recovery_table(rec_rows)),
         "",
         "## p90 coverage after online calibration (every split)",
         "",
         f"Each split's test rows served as a stream ({rc.concurrency} concurrent); coverage of "
         f"the admission-time p90 over the requests admitted after the first {rc.burn_in}.",
         "",
-        md_table(cov_rows),
+        record_table(cov_rows),
         "",
     ]
 
@@ -344,7 +344,7 @@ def _drift_part(drift_rows: list[dict[str, Any]]) -> list[str]:
         "the text-bearing rows (ShareGPT) reading their first t tokens; `text_rows_no_text`: the "
         "same rows with the partial text withheld.",
         "",
-        md_table(
+        record_table(
             [r for r in drift_rows if r.get("model") == "drift"],
             [
                 "split",

@@ -13,13 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import md_table
 from benchmarks.report_format import status
 from benchmarks.report_live import live_section
 from benchmarks.report_policy import policy_section
 from benchmarks.report_predictor import predictor_section
 from benchmarks.report_sim import sim_section
 from benchmarks.report_train import train_section
+from report.tables import record_table
 
 
 def write_report(res: dict[str, Any], doc: Path, figs: Path) -> None:
@@ -71,7 +71,7 @@ def write_report(res: dict[str, Any], doc: Path, figs: Path) -> None:
         "",
         "## Targets",
         "",
-        md_table([{"target": t, "measured": v, "status": status(ok)} for t, v, ok in targets]),
+        record_table([{"target": t, "measured": v, "status": status(ok)} for t, v, ok in targets]),
         "",
     ]
     notes = Path(__file__).with_name("NOTES.md")

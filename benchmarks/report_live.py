@@ -3,8 +3,8 @@ throughput against stock vLLM; their targets)."""
 
 from __future__ import annotations
 
-from benchmarks.common import md_table
 from benchmarks.report_format import section_error
+from report.tables import record_table
 
 
 def live_section(sec: dict | None, targets: list) -> list[str]:
@@ -44,7 +44,7 @@ def _share_part(sec: dict, sh: dict) -> list[str]:
         "other processes' time slices do not enter; like every single-threaded figure here,",
         "the target is judged on CPU time (on the wall-clock total when absent).",
         "",
-        md_table([{"policy": k, **v} for k, v in sh.items()]),
+        record_table([{"policy": k, **v} for k, v in sh.items()]),
         "",
     ]
 
@@ -86,7 +86,7 @@ def _throughput_part(tp: list[dict]) -> list[str]:
         "is vLLM with our adapter (`scheduler_cls`), `vllm:*` is stock vLLM's scheduler with",
         "its own `fcfs` / `priority` policy (priority = tier rank).",
         "",
-        md_table(tp),
+        record_table(tp),
         "",
         "The tiny model's steps take ~2-3 ms on CPU, so this is the harshest setting for a",
         "fixed per-step adapter cost (mirror sync, keys, step records, JSON sink lines);",

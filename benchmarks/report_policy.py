@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.common import md_table
 from benchmarks.report_format import NA, fmt, section_error, status
+from report.tables import record_table
 
 
 def _fig_overhead(rows: list[dict], path: Path) -> bool:
@@ -51,7 +51,7 @@ def policy_section(sec: dict | None, figs: Path, targets: list) -> list[str]:
         "re-prediction batches of `drift`, amortised); `p99` is single steps. One process per",
         "policy.",
         "",
-        md_table(
+        record_table(
             [
                 {
                     "policy": r["policy"],

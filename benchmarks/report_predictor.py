@@ -3,8 +3,8 @@ memory, accuracy of the serving variants; their targets)."""
 
 from __future__ import annotations
 
-from benchmarks.common import md_table
 from benchmarks.report_format import NA, section_error
+from report.tables import record_table
 
 
 def predictor_section(sec: dict | None, targets: list) -> list[str]:
@@ -37,7 +37,7 @@ def _lightgbm_part(lg: dict, targets: list) -> list[str]:
     if "rows" not in lg:
         return [*out, f"LightGBM failed: `{lg.get('error', 'no result')}`", ""]
     out += [
-        md_table(
+        record_table(
             [
                 {
                     "batch": r["batch"],
@@ -91,7 +91,7 @@ def _transformer_part(tr: dict, acc: dict | None, targets: list) -> list[str]:
         "embeddings by prompt), encode + predict per request, default serving path",
         f"(length-bucketed batches, encoder in {dtype}):",
         "",
-        md_table(
+        record_table(
             [
                 {
                     "batch": r["batch"],
@@ -136,7 +136,7 @@ def _transformer_variants(tr: dict) -> list[str]:
         "Side by side at batch 64 (fresh processes; `buckets` = sub-batches of similar",
         "token length instead of one batch padded to its longest prompt):",
         "",
-        md_table(
+        record_table(
             [
                 {
                     "encoder": r.get("dtype", "float32"),
@@ -160,7 +160,7 @@ def _transformer_accuracy(acc: dict) -> list[str]:
         f"predictor=transformer` ({acc['test_rows']:,} rows, "
         f"{acc['distinct_prompts']:,} distinct prompts encoded):",
         "",
-        md_table(
+        record_table(
             [
                 {
                     "encoder": r["dtype"],

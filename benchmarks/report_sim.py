@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.common import md_table
 from benchmarks.report_format import NA, section_error
+from report.tables import record_table
 
 
 def _fig_scaling(rows: list[dict], path: Path) -> bool:
@@ -87,7 +87,7 @@ def _sim_intro(traces: dict) -> list[str]:
 
 def _sim_scaling_table(rows: list[dict]) -> str:
     """One row per (policy, requests) scaling run."""
-    return md_table(
+    return record_table(
         [
             {
                 "policy": r["policy"],
@@ -140,7 +140,7 @@ def _sim_policies_10k(p10: list[dict]) -> list[str]:
         "",
         f"Every other policy at 10,000 requests ({p10[0]['runs']} run(s) each: expensive):",
         "",
-        md_table(
+        record_table(
             [
                 {
                     "policy": r["policy"],
@@ -187,7 +187,7 @@ def peers_section(pe: dict | None, targets: list) -> list[str]:
         "background load can hit one simulator's wall clock and not another's).",
         "",
     ]
-    out += [md_table(_peer_rows(pe, targets)), ""]
+    out += [record_table(_peer_rows(pe, targets)), ""]
     for name, r in pe["peers"].items():
         if "error" in r:
             out += [f"{name} could not run:", "", "```", r["error"][-1200:], "```", ""]

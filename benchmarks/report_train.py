@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from itertools import pairwise
 
-from benchmarks.common import md_table
 from benchmarks.report_format import NA, section_error
+from report.tables import record_table
 
 
 def train_section(sec: dict | None, targets: list) -> list[str]:
@@ -22,7 +22,7 @@ def train_section(sec: dict | None, targets: list) -> list[str]:
         "`/usr/bin/time -v`, `threads=2` (the config default: LightGBM uses both cores). One run",
         "per size (expensive). The largest N is the default config (`max_train_rows: 200000`).",
         "",
-        md_table(
+        record_table(
             [
                 {
                     "train rows": r["rows"],

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from report.results import md_table
+from report.tables import md_table
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("default", "cross_shift", "long_generators", "mixed_generators")

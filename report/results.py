@@ -52,12 +52,11 @@ from report.results_study import (
     section_shift,
 )
 from report.runs import group_minutes
-from report.tables import REPO, md_table, rel
+from report.tables import REPO, rel
 
 # Re-exported: docs/RESULTS.md cites PAPER, replay_estimates and shift_workload as
-# `report.results.<name>`; benchmarks/transfer_report.py imports md_table from here (another
-# branch owns benchmarks/; it can import report.tables.md_table instead).
-__all__ = ["PAPER", "PLANS", "Plan", "main", "md_table", "replay_estimates", "shift_workload"]
+# `report.results.<name>`.
+__all__ = ["PAPER", "PLANS", "Plan", "main", "replay_estimates", "shift_workload"]
 
 
 def write_document(

@@ -2,14 +2,16 @@
 cells, per-workload section headers and figure links.
 
 Every generated document (``report.results``, ``report.generalisation``, ``report.ablations``,
-``report.fidelity``, ``compare.py``'s ``report.md``) formats its numbers with these functions, so
+``report.fidelity``, ``compare.py``'s ``report.md``, and the benchmarks' docs/BENCHMARKS.md and
+docs/PREDICTORS.md) formats its numbers with these functions, so
 one cell means the same thing everywhere. All pure; the API is kept small on purpose:
 
 * statistics: :func:`t_interval` (mean and Student-t interval over seeds), :func:`finite_mean`,
   :func:`capture` (headroom capture between a baseline and a reference), :func:`relative_change`;
 * cells: :func:`num`, :func:`interval_cell`, :func:`fmt_ci` (``mean [low, high]`` over seeds),
   :func:`fixed` and :func:`signed_pct` (one number or ``n/a``);
-* blocks: :func:`md_table`, :func:`section_header`, :func:`load_table`, :func:`figure_link`;
+* blocks: :func:`md_table`, :func:`record_table` (rows as dicts, cells formatted: the
+  benchmarks' tables), :func:`section_header`, :func:`load_table`, :func:`figure_link`;
 * lookups: :func:`get` (a number at a path of a ``summary.json``), :func:`latency`, :func:`rel`
   (a path as the documents cite it, relative to the repository).
 """
@@ -118,6 +120,31 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | 
     lines = ["| " + " | ".join(header) + " |", "|" + rule]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def record_cell(v: Any) -> str:
+    """A benchmark table's cell: yes/**no**, floats with 3 significant digits (whole numbers with
+    thousands separators from 100 up), ints with separators, ``n/a`` for NaN."""
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    if isinstance(v, float):
+        if v != v:
+            return NA
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        return f"{v:.3g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def record_table(rows: Sequence[Mapping[str, Any]], cols: Sequence[str] | None = None) -> str:
+    """A Markdown table of dict rows (columns: ``cols`` or the first row's keys), each cell
+    written by :func:`record_cell`; ``(no rows)`` when there is none."""
+    if not rows:
+        return "(no rows)"
+    cols = list(cols or rows[0].keys())
+    return md_table(cols, [[record_cell(r.get(c, "")) for c in cols] for r in rows])
 
 
 def section_header(name: str) -> list[str]:
