@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,19 @@ def pinball(pred: torch.Tensor, target: torch.Tensor, qs: tuple[float, ...]) -> 
 HEAD_THREADS = 1  # small MLP steps: one thread is ~4x faster than two on a shared 2-core CPU
 
 
+@contextmanager
+def _head_threads() -> Iterator[None]:
+    """Run the head's training on ``HEAD_THREADS`` torch threads, restored afterwards: measured
+    2.8 s/epoch on one thread vs 10.9 s on two for 8k rows on the shared dev machine (OpenMP
+    contention)."""
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(HEAD_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
 def _train_head(
     head: QuantileHead,
     dense: torch.Tensor,
@@ -54,49 +69,7 @@ def _train_head(
     patience: int,
     desc: str,
 ) -> int:
-    """Adam on the pinball loss; keeps the best epoch on ``ev``. Returns the best epoch count.
-
-    Runs on ``HEAD_THREADS`` torch threads (restored afterwards): measured 2.8 s/epoch on one
-    thread vs 10.9 s on two for 8k rows on the shared dev machine (OpenMP contention).
-    """
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(HEAD_THREADS)
-    try:
-        return _train_head_loop(
-            head,
-            dense,
-            ids,
-            y,
-            ev,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            qs=qs,
-            seed=seed,
-            patience=patience,
-            desc=desc,
-        )
-    finally:
-        torch.set_num_threads(prev_threads)
-
-
-def _train_head_loop(
-    head: QuantileHead,
-    dense: torch.Tensor,
-    ids: torch.Tensor,
-    y: torch.Tensor,
-    ev: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    qs: tuple[float, ...],
-    seed: int,
-    patience: int,
-    desc: str,
-) -> int:
+    """Adam on the pinball loss; keeps the best epoch on ``ev``. Returns the best epoch count."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     best, best_state, bad, n = float("inf"), None, 0, len(y)
@@ -148,21 +121,22 @@ def fit_head(
 ) -> int:
     """Train ``est.head_`` with ``est``'s hyperparameters (early stopping on ``ev``) and set
     ``est.p90_shift_`` (conformal p90 shift on ``ev`` when ``est.calibrate``); epochs run."""
-    epochs = _train_head(
-        est.head_,
-        dense,
-        ids,
-        target,
-        ev,
-        epochs=est.epochs,
-        batch_size=batch_size,
-        lr=est.lr,
-        weight_decay=est.weight_decay,
-        qs=tuple(est.quantiles),
-        seed=est.random_state,
-        patience=est.patience,
-        desc=desc,
-    )
+    with _head_threads():
+        epochs = _train_head(
+            est.head_,
+            dense,
+            ids,
+            target,
+            ev,
+            epochs=est.epochs,
+            batch_size=batch_size,
+            lr=est.lr,
+            weight_decay=est.weight_decay,
+            qs=tuple(est.quantiles),
+            seed=est.random_state,
+            patience=est.patience,
+            desc=desc,
+        )
     est.p90_shift_ = (
         p90_shift(est.head_, ev, est.quantiles[1]) if ev is not None and est.calibrate else 0.0
     )

@@ -28,6 +28,20 @@ def test_variants_switch_exactly_one_mechanism_relative_to_the_shipped_default()
         cfg = compose([f"+policy={v.policy}", *v.overrides]).policy
         assert [k for k in cfg if cfg[k] != base[k]] == ["victim"]
     assert [v.label for v in abl.TAIL_POINTS] == [f"drift@gamma{g:g}" for g in abl.TAIL_GAMMAS]
+    for v, w in zip(abl.GUARD_POINTS, abl.GUARD_WAITS, strict=True):  # the guard alone
+        cfg = compose([f"+policy={v.policy}", *v.overrides]).policy
+        assert [k for k in cfg if cfg[k] != ref[k]] == ["urgency"]
+        assert dict(cfg.urgency) == {"max_wait_s": w}  # no SLO tiers: the guard only
+
+
+def test_a_baseline_is_dominated_only_by_a_point_at_least_as_good_in_both() -> None:
+    def cell(mean: float, p99: float) -> dict:
+        return {"mean E2E (s)": [mean], "P99 E2E (s)": [p99]}
+
+    m = {"drift": cell(10, 100), "k1": cell(20, 50), "fifo": cell(30, 60), "tie": cell(15, 60)}
+    assert abl.undominated(m, ["k1"], ["fifo", "tie"]) == ["tie"]  # fifo: k1 beats both
+    assert abl.undominated(m, [], ["fifo", "tie"]) == ["fifo", "tie"]
+    assert abl.undominated(m, ["k1"], ["oracle"]) == []  # oracles are not judged
 
 
 @pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
