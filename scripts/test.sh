@@ -3,7 +3,7 @@
 #   bash scripts/test.sh            everything (CI: .ci/run)
 #   bash scripts/test.sh --fast     the inner loop: every package, without the tests marked
 #                                   `slow` (>= 4 s each here: whole-pipeline and subprocess runs)
-#                                   and without the real-vLLM tests (`vllm`); ~3 min on 2 cores
+#                                   and without the real-vLLM tests (`vllm`); ~2 min on 2 cores (125 s measured)
 # Any other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -45,6 +45,7 @@ def test_pruned_minilm_matches_the_original(tmp_path: Path) -> None:
     assert back["prompt"].notna().all() and len(back) == 48
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_run_trains_scores_and_times_the_estimator(tmp_path: Path) -> None:
     inp = _prepared(tmp_path)
     texts = sorted(gt.load_split(inp, "train")["prompt"].dropna().unique())

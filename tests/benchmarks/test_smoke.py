@@ -48,6 +48,7 @@ def test_trace_is_cached_at_the_target_utilisation(trace: Path) -> None:
     assert sim_trace(400, cache=trace.parent) == trace
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_large_traces_tile_the_built_one(trace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from benchmarks import traces
 
@@ -69,6 +70,7 @@ def test_sim_worker_process_measures_the_run(trace: Path) -> None:
     assert drift["requests"] == 400 and drift["prepare_s"] > 0
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 @pytest.mark.skipif(peers_python() is None, reason="peers venv: bash benchmarks/install_peers.sh")
 def test_peers_run_the_same_trace(trace: Path) -> None:
     small = trace.parent / "small.parquet"
@@ -87,6 +89,7 @@ def test_failed_worker_names_its_command() -> None:
         run_measured(python_cmd("benchmarks.bench_sim", "worker", "/nonexistent.parquet"))
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_policy_overhead_every_policy(trace: Path, artifacts: Path) -> None:
     frame = pd.read_parquet(trace)
     names = bench_policy.all_policies()

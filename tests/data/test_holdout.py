@@ -113,6 +113,7 @@ def test_train_overlaps_refuses_unless_allowed(tmp_path: Path) -> None:
     assert clean == {"sjf": 0.0}
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_resolve_seen(tmp_path: Path) -> None:
     root = _artifact(tmp_path, ["alpha"])
     assert resolve_seen(None) is None and resolve_seen("none") is None

@@ -62,6 +62,7 @@ def test_sweep_wrote_every_job(sweep_dir: Path) -> None:
     assert all(job_finished(d) for d in jobs.values())
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_table_matches_records(sweep_dir: Path, report: Path) -> None:
     jobs = job_dirs(sweep_dir)
     runs = pd.read_csv(report / "runs.csv")
@@ -83,6 +84,7 @@ def test_table_matches_records(sweep_dir: Path, report: Path) -> None:
             assert got["ci_high"] == pytest.approx(mean + half, rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_ratios_pair_runs_by_seed(sweep_dir: Path, report: Path) -> None:
     jobs = job_dirs(sweep_dir)
     table = pd.read_csv(report / "table.csv")
@@ -102,6 +104,7 @@ def test_ratios_pair_runs_by_seed(sweep_dir: Path, report: Path) -> None:
         assert self_ratio["mean"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_report_and_figures(report: Path, capsys: pytest.CaptureFixture[str]) -> None:
     md = (report / "report.md").read_text()
     for p in POLICIES:
@@ -117,6 +120,7 @@ def test_report_and_figures(report: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "single load" in md
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_printed_table(sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert compare.main([str(sweep_dir), "--out", str(tmp_path), "--no-figures"]) == 0
     out = capsys.readouterr().out
@@ -126,6 +130,7 @@ def test_printed_table(sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFi
         assert any(line.strip().startswith(p) for line in lines)
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_incomplete_runs_are_refused_then_flagged(
     sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -149,6 +154,7 @@ def test_incomplete_runs_are_refused_then_flagged(
     assert len(runs) == len(POLICIES) * len(SEEDS) - 1
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_summary_disagreeing_with_records_is_reported(sweep_dir: Path, tmp_path: Path) -> None:
     copy = tmp_path / "sweep"
     shutil.copytree(sweep_dir, copy, ignore=shutil.ignore_patterns("comparison"))
@@ -173,6 +179,7 @@ def test_missing_or_empty_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "no evaluation runs found" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_discovery_skips_non_run_dirs(sweep_dir: Path) -> None:
     runs = discover_runs([sweep_dir])
     assert len(runs) == len(POLICIES) * len(SEEDS)

@@ -157,6 +157,7 @@ def test_rewrite_of_a_finished_dir_that_dies_midway_is_not_complete(
     assert not [p for p in run.glob(".*.parquet.*")]  # no temporary file left
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_torn_and_temporary_files_are_never_read_as_complete(
     finished_run: Path, tmp_path: Path
 ) -> None:

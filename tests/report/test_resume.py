@@ -19,6 +19,7 @@ def job(sweep: Path, policy: str, seed: int) -> Path:
     return d
 
 
+@pytest.mark.slow  # fast tier: bash scripts/test.sh --fast
 def test_job_finished_single_and_bare_layouts(sweep_dir: Path, tmp_path: Path) -> None:
     src = job(sweep_dir, "fifo", 0)
     d = tmp_path / src.name
