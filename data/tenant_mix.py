@@ -33,23 +33,9 @@ def _pool(
 ) -> pd.DataFrame:
     df = load_source(item.source)
     if item.models is not None:
-        keep = df["model"].isin(item.models).to_numpy()
-        if not keep.any():
-            raise ValueError(
-                f"mix item {item.source!r}: none of models {list(item.models)} "
-                f"in the source; known: {sorted(df['model'].unique())[:30]}"
-            )
-        df, rep = filter_rows(df, keep, f"{item.source}: models {list(item.models)}")
-        reports.append(str(rep))
+        df = _keep_values(df, "model", "models", item, reports, known_cap=30)
     if item.categories is not None:
-        keep = df["category"].isin(item.categories).to_numpy()
-        if not keep.any():
-            raise ValueError(
-                f"mix item {item.source!r}: none of categories "
-                f"{list(item.categories)}; known: {sorted(df['category'].unique())}"
-            )
-        df, rep = filter_rows(df, keep, f"{item.source}: categories {list(item.categories)}")
-        reports.append(str(rep))
+        df = _keep_values(df, "category", "categories", item, reports)
     df, rep = filter_rows(
         df,
         (df["prompt_tokens"] <= max_prompt_tokens).to_numpy(),
@@ -70,6 +56,29 @@ def _pool(
         reports.append(str(rep))
     if df.empty:
         raise ValueError(f"mix item {item.source!r}: no rows left after filtering ({rep})")
+    return df
+
+
+def _keep_values(
+    df: pd.DataFrame,
+    col: str,
+    label: str,
+    item: MixItem,
+    reports: list[str],
+    known_cap: int | None = None,
+) -> pd.DataFrame:
+    """The rows of ``df`` whose ``col`` is one of the mix item's ``label`` (its ``models`` or
+    ``categories``), the filter reported; none left is a config error naming the known values."""
+    values = list(getattr(item, label))
+    keep = df[col].isin(values).to_numpy()
+    if not keep.any():
+        known = sorted(df[col].unique())[:known_cap]
+        where = " in the source" if col == "model" else ""
+        raise ValueError(
+            f"mix item {item.source!r}: none of {label} {values}{where}; known: {known}"
+        )
+    df, rep = filter_rows(df, keep, f"{item.source}: {label} {values}")
+    reports.append(str(rep))
     return df
 
 

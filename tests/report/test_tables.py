@@ -17,10 +17,19 @@ from report.tables import (
     load_table,
     md_table,
     num,
+    record_table,
     relative_change,
     section_header,
     signed_pct,
 )
+
+
+def test_record_table_formats_each_kind_of_cell() -> None:
+    t = record_table([{"a": 1234567, "b": 0.000123, "c": True, "d": float("nan"), "e": 123.4}])
+    assert t.splitlines()[:2] == ["| a | b | c | d | e |", "|---|---|---|---|---|"]
+    assert t.splitlines()[2] == "| 1,234,567 | 0.000123 | yes | n/a | 123 |"
+    assert record_table([{"a": False}], cols=["a", "b"]).splitlines()[2] == "| **no** |  |"
+    assert record_table([]) == "(no rows)"
 
 
 def test_md_table_default_and_right_aligned() -> None:
