@@ -99,6 +99,12 @@ VARIANTS: tuple[Variant, ...] = (
         "+ the online learner (levels per generator, tenant, category; censored overruns)",
         ("policy.online=true",),
     ),
+    Variant(
+        "drift+headroom",
+        "+ the admission gate: keep 10% of the running requests' expected remaining tokens "
+        "free at admission (simulator only so far)",
+        ("+policy.admission_headroom=0.1",),
+    ),
 )
 
 # the tail knob (drift's boost_gamma): mean-optimal (null) to tail-safe (large); its frontier.

@@ -117,7 +117,10 @@ def _in_hydra_app() -> bool:
 
 def build_policy(pcfg: DictConfig) -> Any:
     """A fresh policy from its config node (``predictor_dir`` resolved from the launch dir);
-    its ``victim`` node (``report.config_schema.POLICY_KNOBS``) becomes ``policy.victim``."""
+    its ``victim`` node (``report.config_schema.POLICY_KNOBS``) becomes ``policy.victim``, and
+    an ``admission_headroom`` (appended: ``+policy.admission_headroom=0.1``; absent by default,
+    so configs and finished runs without it stay as they were) becomes the policy's admission
+    gate (``scheduler.policies.base``)."""
     from hydra.utils import instantiate
 
     kwargs = {}
@@ -125,10 +128,24 @@ def build_policy(pcfg: DictConfig) -> Any:
         kwargs["predictor_dir"] = str(resolve_path(pcfg.predictor_dir))
     spec = OmegaConf.to_container(pcfg, resolve=True)  # (interpolations from the root)
     victim = spec.pop("victim", None)  # type: ignore[union-attr]
+    headroom = spec.pop("admission_headroom", None)  # type: ignore[union-attr]
     policy = instantiate(spec, **kwargs)
     if victim:  # null: the class's default rule (vLLM's for all but drift)
         policy.victim = instantiate(victim)  # (victims.order_key: None, vLLM's rule)
+    if headroom is not None:
+        policy.admission_headroom = admission_headroom(headroom)
     return policy
+
+
+def admission_headroom(value: Any) -> float:
+    """A policy's ``admission_headroom`` checked: a number >= 0 (a fraction of the running
+    requests' expected remaining tokens kept free at admission)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(
+            f"policy.admission_headroom {value!r}: expected a number >= 0 (e.g. 0.1: keep 10% "
+            "of the running requests' expected remaining tokens free), or leave it out"
+        )
+    return float(value)
 
 
 # --- preparing a job: every check before an engine starts ----------------------------------------
@@ -166,6 +183,12 @@ def prepare(spec: JobSpec, workload: Callable[[], Any] | None = None) -> Prepare
     pcfgs = dict(spec.policies)
     require_preset_predictor(spec.workload, pcfgs)
     policies = {name: build_policy(p) for name, p in pcfgs.items()}
+    gated = [n for n, p in policies.items() if getattr(p, "admission_headroom", None) is not None]
+    if gated and not getattr(engine, "supports_admission_headroom", False):
+        raise ValueError(
+            f"policy.admission_headroom (policies {gated}): engine {engine.name!r} does not "
+            "implement the admission gate yet; use the simulator (engine=sim)"
+        )
     _arm_policies(policies, faults, spec.guard, single=spec.single)
     wl = workload() if workload is not None else workload_from_config(spec.workload, spec.seed)
     cap = engine.max_requests
@@ -390,7 +413,11 @@ def _summary_extra(ctx: _JobContext, name: str, policy: Any, result: Any, wall: 
         "distinct_prompts": ctx.distinct,
         "unseen_by": ctx.spec.workload.get("unseen_by"),
         "sim_wall_s": wall,
-        "policy_params": {**policy.describe(), **describe_victim(policy.victim)},
+        "policy_params": {
+            **policy.describe(),
+            **describe_victim(policy.victim),
+            **_describe_headroom(policy),
+        },
         "predictor": predictor_health(policy) or result.meta.get("predictor"),
         "faults": ctx.faults.as_dict() if ctx.faults is not None else None,
         "client_faults": result.meta.get("client_faults"),
@@ -398,6 +425,13 @@ def _summary_extra(ctx: _JobContext, name: str, policy: Any, result: Any, wall: 
             k: v for k, v in result.meta.items() if isinstance(v, int | float | str | bool)
         },
     }
+
+
+def _describe_headroom(policy: Any) -> dict[str, float]:
+    """The admission gate in summary.json's policy_params, only when set (older summaries
+    have no key: vLLM's rule)."""
+    h = getattr(policy, "admission_headroom", None)
+    return {} if h is None else {"admission_headroom": h}
 
 
 def write_comparison(ctx: _JobContext, run_dir: Path, summaries: Mapping[str, dict]) -> None:

@@ -57,6 +57,7 @@ class Engine(Protocol):
     name: str  # "sim" | "vllm": records' and summaries' ``engine`` field
     max_requests: int | None  # serve only the workload's head (live on CPU); None: all of it
     supports_live_faults: bool  # faults.client / faults.engine (scheduler.faults) are possible
+    supports_admission_headroom: bool  # a policy's admission gate (scheduler.policies.base)
 
     def __enter__(self) -> Engine: ...
 

@@ -102,6 +102,7 @@ class VllmEngine:
         return self.cfg.scheduler_impl != "driftsched"
 
     supports_live_faults = True  # client aborts/disconnects and engine death (scheduler.faults)
+    supports_admission_headroom = False  # the adapter does not gate admission yet
 
     @property
     def max_requests(self) -> int | None:

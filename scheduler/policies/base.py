@@ -33,6 +33,13 @@ Optional extensions (defaults keep the contract above; engines may ignore them):
   policy config's ``victim`` node): the memory-victim rule, separate from the admission order.
   ``None`` (the default) keeps vLLM's rule (``victim_key`` = ``key``), so baselines stay
   faithful; a policy may override ``victim_key`` itself.
+* ``admission_headroom`` (a fraction, or ``None``): the admission gate. ``None`` (the default)
+  is vLLM's rule: a waiting request is admitted whenever blocks for its sequence are free. A
+  fraction ``f`` makes the engine also keep ``f x`` the running (and just-admitted) requests'
+  expected remaining output tokens free (``victims.expected_remaining``: the policy's own
+  estimates), so requests are not admitted into memory their neighbours are about to need:
+  fewer memory preemptions and less recompute. (The shape of an admission-control hook in a
+  scheduler plugin; the live engine does not implement it yet and refuses such a policy.)
 * ``fast_forward_horizon(running, waiting, now)``: for how many engine steps, counting the
   current one, the policy's decisions stay valid while nothing happens but decode progress
   (+1 token per running request per step) and time (no arrival, finish, admission or
@@ -56,6 +63,8 @@ class Policy(ABC):
     name: ClassVar[str] = "base"
     # the memory-victim rule (module doc); an instance's is set by report.jobs.build_policy
     victim: VictimRule | None = None
+    # the admission gate (module doc): None = vLLM's rule
+    admission_headroom: float | None = None
     dynamic_keys: ClassVar[bool] = False
     # True when the policy overrides on_step (engines skip the call otherwise: it is per step)
     uses_step_hook: ClassVar[bool] = False

@@ -85,6 +85,7 @@ class SimEngine:
     name = "sim"
     max_requests: int | None = None  # serves every request of the workload
     supports_live_faults = False  # faults.client / faults.engine need the live engine
+    supports_admission_headroom = True  # a policy's admission gate (scheduler.policies.base)
 
     def __init__(
         self,

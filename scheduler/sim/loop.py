@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from data.schema import TIERS
 from scheduler.policies.base import Policy
+from scheduler.policies.victims import expected_remaining
 from scheduler.request import SchedRequest, Status
 from scheduler.sim.columns import StepColumns
 from scheduler.sim.fastforward import DecodeAggregates, decode_window
@@ -129,6 +130,7 @@ class Run:
         # the memory victim: the order key unless a victim rule (or an override) says otherwise
         custom_victim = policy.victim is not None or pcls.victim_key is not Policy.victim_key
         self.victim_key = policy.victim_key if custom_victim else policy.key
+        self.headroom = policy.admission_headroom  # the admission gate (Policy's doc)
         self.sync_horizon = self.horizon is not None and (
             getattr(pcls, "fast_forward_horizon", None) is not Policy.fast_forward_horizon
         )
@@ -346,15 +348,19 @@ class Run:
         slots and free KV blocks allow (the first that does not fit stops admission: no
         skipping ahead); returns the budget left."""
         running, kv, base, g = self.running, self.kv, self.agg.base, self.agg.g
+        reserve = self.reserve_tokens()
         for r in order:
             if budget <= 0 or len(running) >= self.max_seqs:
                 break
             need = r.prompt_tokens + r.num_output_tokens
             # vLLM 0.32 (scheduler_reserve_full_isl, on by default) admits a request only when
             # blocks for its whole current sequence are free, and then allocates the first
-            # chunk: without this gate a partial chunk is admitted and evicted again at once
-            if kv.blocks(need) > kv.free:
+            # chunk: without this gate a partial chunk is admitted and evicted again at once;
+            # the policy's admission headroom keeps ``reserve`` tokens free on top
+            if kv.blocks(need) + int(reserve // self.bs) > kv.free:
                 break
+            if self.headroom is not None:
+                reserve += self.headroom * _remaining(r)
             chunk = need if need < budget else budget  # chunked prefill
             nb = kv.blocks(chunk)
             self.queue.remove(r)
@@ -369,6 +375,29 @@ class Run:
             admitted.append(r)
             budget -= chunk
         return budget
+
+    def reserve_tokens(self) -> float:
+        """KV tokens the admission gate keeps free: ``admission_headroom`` x the running
+        requests' expected remaining output tokens (0 without a headroom)."""
+        if self.headroom is None or not self.running:
+            return 0.0
+        self.materialize()  # expected_remaining reads the generated-token counts
+        return self.headroom * sum(_remaining(r) for r in self.running)
+
+    def reserve_horizon(self, m: int) -> float:
+        """Decode steps (counting this one) in which the reserve cannot shrink enough to admit
+        the queue's head, bounding a fast-forward window: per step the reserve drops by at most
+        ``headroom * m`` tokens and free blocks only shrink, so the head stays out while
+        ``headroom * (R - k m) >= (F + 1) * block_size`` (F: free blocks beyond the head's)."""
+        r = self.queue.head()
+        if self.headroom is None or r is None or not self.headroom > 0:
+            return math.inf
+        spare = self.kv.free - self.kv.blocks(r.prompt_tokens + r.num_output_tokens)
+        if spare < 0:
+            return math.inf  # no room even without the reserve: only a finish frees blocks
+        base = self.reserve_tokens() / self.headroom
+        k = math.floor((base - (spare + 1) * self.bs / self.headroom) / m)
+        return max(1, k)
 
     def admitted(self, admitted: list[SchedRequest]) -> None:
         if admitted:
@@ -479,6 +508,8 @@ class Run:
         else:  # a duck-typed policy without the method: the base class's rule
             h = 1 if self.uses_step or self.uses_preempt else math.inf
         if blocked:
+            if self.headroom is not None:
+                h = min(h, self.reserve_horizon(m))
             self.window(m, h, w_counts)
         else:
             self.aggregate_step(m, budget, w_counts)
@@ -497,7 +528,8 @@ class Run:
         r = self.queue.head()
         if r is None:
             return True
-        return self.kv.blocks(r.prompt_tokens + r.num_output_tokens) > self.kv.free
+        need = self.kv.blocks(r.prompt_tokens + r.num_output_tokens)
+        return need + int(self.reserve_tokens() // self.bs) > self.kv.free
 
     def window(self, m: int, h: float, w_counts: tuple[int, ...]) -> None:
         """A window of pure decode steps (:func:`decode_window`), then the finishes of the
@@ -559,3 +591,9 @@ class Run:
             self.finish(finished + done)
         self.record(t0, pf, dec, 0, len(admitted), w_counts, r_counts)
         self.stats["aggregate_steps"] += 1
+
+
+def _remaining(r: SchedRequest) -> float:
+    """Expected remaining output tokens of ``r`` for the admission reserve (0 unknown)."""
+    e = expected_remaining(r)
+    return 0.0 if math.isnan(e) else e

@@ -18,7 +18,7 @@ def test_variants_switch_exactly_one_mechanism_relative_to_the_shipped_default()
     ref = compose(["+policy=drift"]).policy
     for v in abl.VARIANTS:
         cfg = compose([f"+policy={v.policy}", *v.overrides]).policy
-        changed = [k for k in cfg if cfg[k] != ref[k]]
+        changed = [k for k in cfg if k not in ref or cfg[k] != ref[k]]
         # one knob (or group) differs; the online learner also needs reclassify (overruns)
         assert len(changed) == 1 or changed == ["reclassify", "online"], (v.label, changed)
     labels = {v.label for v in abl.VARIANTS}
