@@ -102,7 +102,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(
         "drift+headroom",
         "+ the admission gate: keep 10% of the running requests' expected remaining tokens "
-        "free at admission (simulator only so far)",
+        "free at admission",
         ("+policy.admission_headroom=0.1",),
     ),
 )

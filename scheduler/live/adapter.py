@@ -46,6 +46,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
 from scheduler.live.driver import META_KEY, PolicyDriver, StepRecord
+from scheduler.policies.victims import expected_remaining
 from scheduler.request import SchedRequest
 
 _ABORTED = (RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR)
@@ -375,8 +376,14 @@ class _DriftMixin:
         custom_victim = d.custom_victim()
         if d.run is not None:
             vol = self._drift_policy_phase(custom_victim)
+        held = self._drift_gate()
         t_policy, c_policy = time.monotonic(), _cpu()
-        out = super().schedule(*args, **kwargs)
+        try:
+            out = super().schedule(*args, **kwargs)
+        finally:
+            if held:  # back into the waiting heap, in priority order again
+                self.waiting._heap.extend(held)
+                heapq.heapify(self.waiting._heap)
         t_sched, c_sched = time.monotonic(), _cpu()
         if d.run is None:
             return out
@@ -407,6 +414,35 @@ class _DriftMixin:
         d.overhead_us = self._drift_add_cpu_us = 0.0
         self._drift_open_steps.append((rec, t_end, c_start))
         return out
+
+    def _drift_gate(self) -> list[Request]:
+        """The policy's admission gate (``Policy.admission_headroom``, as the simulator's
+        ``Run.admit_in_order``): walking the waiting heap in priority order, keep the requests
+        whose whole sequence fits with ``headroom x`` the running (and kept) requests' expected
+        remaining tokens still free; the rest are held out of the heap for this ``schedule()``
+        and returned (the caller puts them back). vLLM then admits at most the kept ones."""
+        run = self.drift.run
+        h = getattr(run.policy, "admission_headroom", None) if run is not None else None
+        heap = self.waiting._heap
+        if h is None or not heap:
+            return []
+        mirrors, bs = self.drift.mirrors, self.block_size
+        free = self.kv_cache_manager.block_pool.get_num_free_blocks()
+        reserve = h * sum(_remaining(mirrors.get(r.request_id)) for r in self.running)
+        order, keep = list(heap), []
+        while order:
+            r = heapq.heappop(order)
+            need = -(-r.num_tokens // bs)
+            if need + int(reserve // bs) > free:
+                order.append(r)
+                break
+            keep.append(r)
+            free -= need
+            reserve += h * _remaining(mirrors.get(r.request_id))
+        if not order:
+            return []
+        heap[:] = keep  # a prefix in priority order is already a heap
+        return order
 
     def _drift_policy_phase(self, custom_victim: bool) -> dict[str, SchedRequest]:
         """Steps 1-4 of the module docstring, before vLLM's ``schedule()``: mirrors synced, the
@@ -522,6 +558,12 @@ class DriftScheduler(_DriftMixin, Scheduler):
 
 class DriftAsyncScheduler(_DriftMixin, AsyncScheduler):
     """vLLM's AsyncScheduler (the GPU default) driven by a DriftSched Policy."""
+
+
+def _remaining(m: SchedRequest | None) -> float:
+    """A mirror's expected remaining output tokens for the admission gate (0 unknown)."""
+    e = math.nan if m is None else expected_remaining(m)
+    return 0.0 if math.isnan(e) else e
 
 
 def drift_scheduler(vllm_config: Any, **kwargs: Any) -> _DriftMixin:

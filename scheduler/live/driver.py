@@ -69,9 +69,12 @@ def instantiate_policy(spec: Mapping[str, Any] | str | None) -> Policy:
 
     spec = dict(spec)
     victim = spec.pop("victim", None)  # the memory-victim rule (report.config_schema)
+    headroom = spec.pop("admission_headroom", None)  # the admission gate (policies.base)
     policy = instantiate(spec, _convert_="all")
     if victim:
         policy.victim = instantiate(victim)
+    if headroom is not None:
+        policy.admission_headroom = float(headroom)
     if not isinstance(policy, Policy):
         raise TypeError(
             f"policy spec {spec['_target_']!r} built a {type(policy).__name__}; "

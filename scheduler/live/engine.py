@@ -102,7 +102,7 @@ class VllmEngine:
         return self.cfg.scheduler_impl != "driftsched"
 
     supports_live_faults = True  # client aborts/disconnects and engine death (scheduler.faults)
-    supports_admission_headroom = False  # the adapter does not gate admission yet
+    supports_admission_headroom = True  # the adapter's _drift_gate (policies.base)
 
     @property
     def max_requests(self) -> int | None:

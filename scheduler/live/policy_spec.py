@@ -31,6 +31,8 @@ def policy_spec(policy: Policy | Mapping[str, Any]) -> dict[str, Any]:
         spec["victim"] = (
             {"_target_": "scheduler.policies.victims.order_key"} if v is None else v.spec()
         )
+    if getattr(policy, "admission_headroom", None) is not None:  # the admission gate
+        spec["admission_headroom"] = policy.admission_headroom
     return spec
 
 

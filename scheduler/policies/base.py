@@ -38,8 +38,9 @@ Optional extensions (defaults keep the contract above; engines may ignore them):
   fraction ``f`` makes the engine also keep ``f x`` the running (and just-admitted) requests'
   expected remaining output tokens free (``victims.expected_remaining``: the policy's own
   estimates), so requests are not admitted into memory their neighbours are about to need:
-  fewer memory preemptions and less recompute. (The shape of an admission-control hook in a
-  scheduler plugin; the live engine does not implement it yet and refuses such a policy.)
+  fewer memory preemptions and less recompute. Both engines implement it (the live adapter
+  holds such requests out of vLLM's waiting heap for the step): the shape of an
+  admission-control hook in a scheduler plugin (RFC #51608).
 * ``fast_forward_horizon(running, waiting, now)``: for how many engine steps, counting the
   current one, the policy's decisions stay valid while nothing happens but decode progress
   (+1 token per running request per step) and time (no arrival, finish, admission or

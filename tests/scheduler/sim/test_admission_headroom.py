@@ -66,7 +66,7 @@ def test_config_appends_the_knob_and_checks_it() -> None:
 
 
 class NoGateEngine(SimEngine):
-    """An engine without the admission gate (as the live engine today)."""
+    """An engine without the admission gate (e.g. a third-party engine)."""
 
     supports_admission_headroom = False
 
