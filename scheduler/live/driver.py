@@ -38,49 +38,17 @@ from typing import Any
 
 from scheduler.faults import EngineFaults, predictor_health
 from scheduler.live.metadata import META_KEY, request_meta
+from scheduler.live.policy_spec import instantiate_policy
 from scheduler.policies.base import Policy
 from scheduler.policies.fifo import FIFOPolicy  # the built-in fallback when a policy faults
 from scheduler.request import SchedRequest, Status
 
 logger = logging.getLogger("driftsched.live")
 
-__all__ = ["META_KEY", "PolicyDriver", "StepRecord", "instantiate_policy"]
+__all__ = ["META_KEY", "PolicyDriver", "StepRecord"]
 
 SINK_REQUESTS = "sched_requests.jsonl"
 SINK_STEPS = "sched_steps.jsonl"
-
-
-def instantiate_policy(spec: Mapping[str, Any] | str | None) -> Policy:
-    """Build a policy from a Hydra-style spec (dict or its JSON text); ``None`` gives FIFO.
-
-    The engine-core side of ``report.jobs.build_policy``: the spec is rebuilt from the client's
-    policy object (``scheduler.live.policy_spec``, paths already absolute) and arrives as
-    JSON in a process with no Hydra config, so it is only instantiated and type-checked here."""
-    if spec is None:
-        return FIFOPolicy()
-    if isinstance(spec, str):
-        spec = json.loads(spec)
-    if not isinstance(spec, Mapping) or "_target_" not in spec:
-        raise ValueError(
-            f"policy spec {spec!r}: expected a mapping with a '_target_' key "
-            "(e.g. {'_target_': 'scheduler.policies.sjf.SJFPolicy'})"
-        )
-    from hydra.utils import instantiate
-
-    spec = dict(spec)
-    victim = spec.pop("victim", None)  # the memory-victim rule (report.config_schema)
-    headroom = spec.pop("admission_headroom", None)  # the admission gate (policies.base)
-    policy = instantiate(spec, _convert_="all")
-    if victim:
-        policy.victim = instantiate(victim)
-    if headroom is not None:
-        policy.admission_headroom = float(headroom)
-    if not isinstance(policy, Policy):
-        raise TypeError(
-            f"policy spec {spec['_target_']!r} built a {type(policy).__name__}; "
-            "expected a scheduler.policies.base.Policy"
-        )
-    return policy
 
 
 @dataclass

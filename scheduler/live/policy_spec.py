@@ -1,18 +1,21 @@
 """A policy as a Hydra spec, so that an engine core in another process can rebuild it.
 
 In process mode ``multiprocess`` (and for a policy given as a spec) the policy travels with
-every request as JSON (``SamplingParams.extra_args``) and the scheduler builds it with
-``hydra.utils.instantiate``: :func:`policy_spec` says how, or refuses before any engine starts.
+every request as JSON (``SamplingParams.extra_args``): :func:`policy_spec` writes the spec (or
+refuses before any engine starts), :func:`instantiate_policy` rebuilds the policy on the
+scheduler's side.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from scheduler.policies.base import Policy
+from scheduler.policies.fifo import FIFOPolicy
 
 
 def policy_spec(policy: Policy | Mapping[str, Any]) -> dict[str, Any]:
@@ -64,3 +67,36 @@ def _init_params(cls: type) -> list[str]:
         for n, p in sig.parameters.items()
         if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
+
+
+def instantiate_policy(spec: Mapping[str, Any] | str | None) -> Policy:
+    """Build a policy from a Hydra-style spec (dict or its JSON text); ``None`` gives FIFO.
+
+    The engine-core side of ``report.jobs.build_policy``: the spec is rebuilt from the client's
+    policy object (``scheduler.live.policy_spec``, paths already absolute) and arrives as
+    JSON in a process with no Hydra config, so it is only instantiated and type-checked here."""
+    if spec is None:
+        return FIFOPolicy()
+    if isinstance(spec, str):
+        spec = json.loads(spec)
+    if not isinstance(spec, Mapping) or "_target_" not in spec:
+        raise ValueError(
+            f"policy spec {spec!r}: expected a mapping with a '_target_' key "
+            "(e.g. {'_target_': 'scheduler.policies.sjf.SJFPolicy'})"
+        )
+    from hydra.utils import instantiate
+
+    spec = dict(spec)
+    victim = spec.pop("victim", None)  # the memory-victim rule (report.config_schema)
+    headroom = spec.pop("admission_headroom", None)  # the admission gate (policies.base)
+    policy = instantiate(spec, _convert_="all")
+    if victim:
+        policy.victim = instantiate(victim)
+    if headroom is not None:
+        policy.admission_headroom = float(headroom)
+    if not isinstance(policy, Policy):
+        raise TypeError(
+            f"policy spec {spec['_target_']!r} built a {type(policy).__name__}; "
+            "expected a scheduler.policies.base.Policy"
+        )
+    return policy
