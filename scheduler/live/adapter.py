@@ -46,7 +46,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
 from scheduler.live.driver import META_KEY, PolicyDriver, StepRecord
-from scheduler.policies.victims import expected_remaining
+from scheduler.policies.victims import expected_remaining_or_zero
 from scheduler.request import SchedRequest
 
 _ABORTED = (RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR)
@@ -428,7 +428,9 @@ class _DriftMixin:
             return []
         mirrors, bs = self.drift.mirrors, self.block_size
         free = self.kv_cache_manager.block_pool.get_num_free_blocks()
-        reserve = h * sum(_remaining(mirrors.get(r.request_id)) for r in self.running)
+        reserve = h * sum(
+            expected_remaining_or_zero(mirrors.get(r.request_id)) for r in self.running
+        )
         order, keep = list(heap), []
         while order:
             r = heapq.heappop(order)
@@ -438,7 +440,7 @@ class _DriftMixin:
                 break
             keep.append(r)
             free -= need
-            reserve += h * _remaining(mirrors.get(r.request_id))
+            reserve += h * expected_remaining_or_zero(mirrors.get(r.request_id))
         if not order:
             return []
         heap[:] = keep  # a prefix in priority order is already a heap
@@ -558,12 +560,6 @@ class DriftScheduler(_DriftMixin, Scheduler):
 
 class DriftAsyncScheduler(_DriftMixin, AsyncScheduler):
     """vLLM's AsyncScheduler (the GPU default) driven by a DriftSched Policy."""
-
-
-def _remaining(m: SchedRequest | None) -> float:
-    """A mirror's expected remaining output tokens for the admission gate (0 unknown)."""
-    e = math.nan if m is None else expected_remaining(m)
-    return 0.0 if math.isnan(e) else e
 
 
 def drift_scheduler(vllm_config: Any, **kwargs: Any) -> _DriftMixin:

@@ -64,6 +64,13 @@ def expected_remaining(r: SchedRequest) -> float:
     return max(1.0, est - done_since)
 
 
+def expected_remaining_or_zero(r: SchedRequest | None) -> float:
+    """:func:`expected_remaining`, 0 without a request or an estimate: what the admission gate
+    (``Policy.admission_headroom``) reserves for ``r``, in both engines."""
+    e = math.nan if r is None else expected_remaining(r)
+    return 0.0 if math.isnan(e) else e
+
+
 class CostAwareVictim:
     """Evict where the recompute waste is small relative to the work the request still has.
 

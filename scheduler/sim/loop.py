@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from data.schema import TIERS
 from scheduler.policies.base import Policy
-from scheduler.policies.victims import expected_remaining
+from scheduler.policies.victims import expected_remaining_or_zero
 from scheduler.request import SchedRequest, Status
 from scheduler.sim.columns import StepColumns
 from scheduler.sim.fastforward import DecodeAggregates, decode_window
@@ -360,7 +360,7 @@ class Run:
             if kv.blocks(need) + int(reserve // self.bs) > kv.free:
                 break
             if self.headroom is not None:
-                reserve += self.headroom * _remaining(r)
+                reserve += self.headroom * expected_remaining_or_zero(r)
             chunk = need if need < budget else budget  # chunked prefill
             nb = kv.blocks(chunk)
             self.queue.remove(r)
@@ -382,7 +382,7 @@ class Run:
         if self.headroom is None or not self.running:
             return 0.0
         self.materialize()  # expected_remaining reads the generated-token counts
-        return self.headroom * sum(_remaining(r) for r in self.running)
+        return self.headroom * sum(expected_remaining_or_zero(r) for r in self.running)
 
     def reserve_horizon(self, m: int) -> float:
         """Decode steps (counting this one) in which the reserve cannot shrink enough to admit
@@ -591,9 +591,3 @@ class Run:
             self.finish(finished + done)
         self.record(t0, pf, dec, 0, len(admitted), w_counts, r_counts)
         self.stats["aggregate_steps"] += 1
-
-
-def _remaining(r: SchedRequest) -> float:
-    """Expected remaining output tokens of ``r`` for the admission reserve (0 unknown)."""
-    e = expected_remaining(r)
-    return 0.0 if math.isnan(e) else e
