@@ -100,10 +100,20 @@ VARIANTS: tuple[Variant, ...] = (
         ("policy.online=true",),
     ),
     Variant(
-        "drift+headroom",
-        "+ the admission gate: keep 10% of the running requests' expected remaining tokens "
-        "free at admission",
-        ("+policy.admission_headroom=0.1",),
+        "drift-headroom",
+        "without the admission gate: vLLM's rule (admit whenever blocks for the sequence are free)",
+        ("policy.admission_headroom=null",),
+    ),
+    Variant(
+        "drift@headroom0.1",
+        "admission gate keeping 10% (not 5%) of the running requests' expected remaining tokens "
+        "free",
+        ("policy.admission_headroom=0.1",),
+    ),
+    Variant(
+        "drift@headroom0.2",
+        "admission gate keeping 20% of the running requests' expected remaining tokens free",
+        ("policy.admission_headroom=0.2",),
     ),
 )
 
@@ -153,8 +163,19 @@ PROMPT_ARMS: tuple[Variant, ...] = tuple(
     )
     for p in PROMPT_BASELINES
 )
+# the admission gate alone, at drift's default fraction, on the learned size-based baseline
+HEADROOM = float(inspect.signature(DriftPolicy).parameters["admission_headroom"].default)
+GATE_ARMS: tuple[Variant, ...] = (
+    Variant(
+        "sjf+headroom",
+        f"`sjf` with the admission gate ({HEADROOM:g} of the running requests' expected "
+        "remaining tokens kept free)",
+        (f"+policy.admission_headroom={HEADROOM}",),
+        "sjf",
+    ),
+)
 # each against the same baseline as shipped
-BASELINE_ARMS: tuple[Variant, ...] = (*VICTIM_ARMS, *PROMPT_ARMS)
+BASELINE_ARMS: tuple[Variant, ...] = (*VICTIM_ARMS, *PROMPT_ARMS, *GATE_ARMS)
 
 
 def variant_arms() -> list[Arm]:

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from report import runs
 from report.job_spec import JobSpec, LoadSpec
+from scheduler.policies.base import check_admission_headroom
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -118,9 +119,10 @@ def _in_hydra_app() -> bool:
 def build_policy(pcfg: DictConfig) -> Any:
     """A fresh policy from its config node (``predictor_dir`` resolved from the launch dir);
     its ``victim`` node (``report.config_schema.POLICY_KNOBS``) becomes ``policy.victim``, and
-    an ``admission_headroom`` (appended: ``+policy.admission_headroom=0.1``; absent by default,
-    so configs and finished runs without it stay as they were) becomes the policy's admission
-    gate (``scheduler.policies.base``)."""
+    an ``admission_headroom`` becomes the policy's admission gate (``scheduler.policies.base``):
+    drift's config has one (its default 0.05; null: vLLM's rule), any other policy's config
+    gets one appended (``+policy.admission_headroom=0.05``; absent by default, so baselines'
+    configs and finished runs stay as they were)."""
     from hydra.utils import instantiate
 
     kwargs = {}
@@ -128,24 +130,14 @@ def build_policy(pcfg: DictConfig) -> Any:
         kwargs["predictor_dir"] = str(resolve_path(pcfg.predictor_dir))
     spec = OmegaConf.to_container(pcfg, resolve=True)  # (interpolations from the root)
     victim = spec.pop("victim", None)  # type: ignore[union-attr]
+    gated = "admission_headroom" in spec  # type: ignore[operator]
     headroom = spec.pop("admission_headroom", None)  # type: ignore[union-attr]
     policy = instantiate(spec, **kwargs)
     if victim:  # null: the class's default rule (vLLM's for all but drift)
         policy.victim = instantiate(victim)  # (victims.order_key: None, vLLM's rule)
-    if headroom is not None:
-        policy.admission_headroom = admission_headroom(headroom)
+    if gated:  # null turns a class default (drift's) off
+        policy.admission_headroom = check_admission_headroom(headroom)
     return policy
-
-
-def admission_headroom(value: Any) -> float:
-    """A policy's ``admission_headroom`` checked: a number >= 0 (a fraction of the running
-    requests' expected remaining tokens kept free at admission)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ValueError(
-            f"policy.admission_headroom {value!r}: expected a number >= 0 (e.g. 0.1: keep 10% "
-            "of the running requests' expected remaining tokens free), or leave it out"
-        )
-    return float(value)
 
 
 # --- preparing a job: every check before an engine starts ----------------------------------------

@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from scheduler.policies.base import Policy
+from scheduler.policies.base import Policy, check_admission_headroom
 from scheduler.policies.fifo import FIFOPolicy
 
 
@@ -34,7 +34,9 @@ def policy_spec(policy: Policy | Mapping[str, Any]) -> dict[str, Any]:
         spec["victim"] = (
             {"_target_": "scheduler.policies.victims.order_key"} if v is None else v.spec()
         )
-    if getattr(policy, "admission_headroom", None) is not None:  # the admission gate
+    # the admission gate: set on this object (a class default such as drift's, or None that
+    # turns it off, travels too) or a non-default value
+    if "admission_headroom" in vars(policy) or policy.admission_headroom is not None:
         spec["admission_headroom"] = policy.admission_headroom
     return spec
 
@@ -88,12 +90,13 @@ def instantiate_policy(spec: Mapping[str, Any] | str | None) -> Policy:
 
     spec = dict(spec)
     victim = spec.pop("victim", None)  # the memory-victim rule (report.config_schema)
-    headroom = spec.pop("admission_headroom", None)  # the admission gate (policies.base)
+    gated = "admission_headroom" in spec  # the admission gate (policies.base)
+    headroom = spec.pop("admission_headroom", None)
     policy = instantiate(spec, _convert_="all")
     if victim:
         policy.victim = instantiate(victim)
-    if headroom is not None:
-        policy.admission_headroom = float(headroom)
+    if gated:  # None turns a class default (drift's) off
+        policy.admission_headroom = check_admission_headroom(headroom)
     if not isinstance(policy, Policy):
         raise TypeError(
             f"policy spec {spec['_target_']!r} built a {type(policy).__name__}; "

@@ -60,6 +60,19 @@ from scheduler.policies.victims import VictimRule
 from scheduler.request import SchedRequest
 
 
+def check_admission_headroom(value: object) -> float | None:
+    """A policy's ``admission_headroom`` checked: ``None`` (vLLM's rule) or a number >= 0 (a
+    fraction of the running requests' expected remaining tokens kept free at admission)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(
+            f"policy.admission_headroom {value!r}: expected a number >= 0 (e.g. 0.05: keep 5% "
+            "of the running requests' expected remaining tokens free), or null (vLLM's rule)"
+        )
+    return float(value)
+
+
 class Policy(ABC):
     name: ClassVar[str] = "base"
     # the memory-victim rule (module doc); an instance's is set by report.jobs.build_policy

@@ -23,6 +23,12 @@ def test_variants_switch_exactly_one_mechanism_relative_to_the_shipped_default()
         assert len(changed) == 1 or changed == ["reclassify", "online"], (v.label, changed)
     labels = {v.label for v in abl.VARIANTS}
     assert "drift-victim" in labels  # the default-on victim rule is switched off once
+    assert "drift-headroom" in labels  # and the default-on admission gate
+    for v in abl.GATE_ARMS:  # the gate alone on a baseline: its own config otherwise
+        base = compose([f"+policy={v.policy}"]).policy
+        cfg = compose([f"+policy={v.policy}", *v.overrides]).policy
+        assert [k for k in cfg if k not in base] == ["admission_headroom"]
+        assert cfg.admission_headroom == ref.admission_headroom  # drift's default fraction
     for v in abl.VICTIM_ARMS:  # the victim rule alone: the baseline's own config otherwise
         base = compose([f"+policy={v.policy}"]).policy
         cfg = compose([f"+policy={v.policy}", *v.overrides]).policy

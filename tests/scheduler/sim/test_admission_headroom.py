@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from report.job_spec import JobSpec
-from report.jobs import admission_headroom, build_policy, compose, prepare
+from report.jobs import build_policy, compose, prepare
+from scheduler.policies.base import check_admission_headroom
 from scheduler.policies.driftsched import DriftSchedPolicy
 from scheduler.sim.engine import SimEngine
 from scheduler.sim.synthetic import synthetic_frame
@@ -62,7 +63,7 @@ def test_config_appends_the_knob_and_checks_it() -> None:
     assert build_policy(compose(["+policy=driftsched"]).policy).admission_headroom is None
     for bad in (-0.1, "much", True, float("nan")):
         with pytest.raises(ValueError, match="admission_headroom"):
-            admission_headroom(bad)
+            check_admission_headroom(bad)
 
 
 class NoGateEngine(SimEngine):
