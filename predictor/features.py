@@ -24,9 +24,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+from sklearn.feature_extraction.text import TfidfVectorizer
 
-from predictor.lexical import LEXICAL_NAMES, MAX_PROMPT_CHARS, lexical_features
+from predictor.lexical import (
+    LEXICAL_NAMES,
+    MAX_PROMPT_CHARS,
+    PromptScan,
+    lexical_features,
+    scan_prompt,
+)
+from predictor.text_counts import VocabCounts
 
 FEATURE_SCHEMA_VERSION = 2  # 2: adds the supervised text_score column
 CATEGORICAL: tuple[str, ...] = ("tenant", "tier", "category", "source", "model")
@@ -236,20 +243,26 @@ class Featurizer:
         self.oof_scores_ = dict(zip(uniq, oof.tolist()))
 
     # --- transforming --------------------------------------------------------------------
-    def tfidf(self, prompts: list[str]) -> sp.csr_matrix:
-        """L2-normalised sublinear TF-IDF rows (n, V) with the fitted vocabulary."""
-        tf = self._counter().transform([p[:MAX_PROMPT_CHARS] for p in prompts]).tocsr()
+    def tfidf(self, prompts: list[str], scans: list[PromptScan] | None = None) -> sp.csr_matrix:
+        """L2-normalised sublinear TF-IDF rows (n, V) with the fitted vocabulary.
+
+        ``scans``: ``[scan_prompt(p) for p in prompts]`` when the caller has them."""
+        if scans is None:
+            scans = [scan_prompt(p) for p in prompts]
+        tokens, words = [s.tokens for s in scans], [s.words for s in scans]
+        tf = self._counter().transform(tokens, words)
         tf.data = (1.0 + np.log(tf.data)) * self.idf_[tf.indices]
         norms = np.sqrt(np.asarray(tf.multiply(tf).sum(axis=1)).reshape(-1))
         norms[norms == 0] = 1.0
         return sp.csr_matrix(sp.diags(1.0 / norms) @ tf)
 
-    def _counter(self) -> CountVectorizer:
-        """The count vectorizer of the fitted vocabulary, built once: sklearn validates a
-        given vocabulary (20k entries, ~6 ms) on the first ``transform`` of each instance."""
+    def _counter(self) -> VocabCounts:
+        """The 1-2 gram counter of the fitted vocabulary (sklearn's CountVectorizer transform,
+        exactly), rebuilt when the vocabulary changes."""
         if self._cache.get("counter_vocab") is not self.vocabulary_:
-            cv = CountVectorizer(ngram_range=(1, 2), vocabulary=self.vocabulary_, dtype=np.float32)
-            self._cache.update(counter=cv, counter_vocab=self.vocabulary_)
+            self._cache.update(
+                counter=VocabCounts(self.vocabulary_), counter_vocab=self.vocabulary_
+            )
         return self._cache["counter"]
 
     def _components_t(self) -> np.ndarray:
@@ -294,11 +307,13 @@ class Featurizer:
         # Text features are computed once per distinct prompt (traces repeat prompts per model).
         uniq = list(dict.fromkeys(p for p in prompts if p is not None))
         pos = {p: i for i, p in enumerate(uniq)}
-        lex_u = np.array([lexical_features(p) for p in uniq]).reshape(len(uniq), len(LEXICAL_NAMES))
+        scans = [scan_prompt(p) for p in uniq]  # shared by the lexical and TF-IDF features
+        lex_u = np.array([lexical_features(p, s) for p, s in zip(uniq, scans)])
+        lex_u = lex_u.reshape(len(uniq), len(LEXICAL_NAMES))
         txt_u = np.zeros((len(uniq), self.n_text + 1), dtype=np.float32)
         txt_u[:, -1] = np.nan  # no text score model -> missing
         if self.n_text and uniq:
-            tf = self.tfidf(uniq)
+            tf = self.tfidf(uniq, scans)
             txt_u[:, :-1] = np.asarray(tf @ self._components_t(), dtype=np.float32)
             if self.score_coef_ is not None:
                 txt_u[:, -1] = tf @ self.score_coef_ + self.score_intercept_

@@ -36,6 +36,7 @@ __all__ = [
     "PaperEMA",
     "classify_categories",
     "classify_category",
+    "classify_lowered",
     "count_input_tokens",
     "length_factor",
 ]
@@ -50,7 +51,11 @@ def classify_category(prompt: str | None) -> str:
     """The paper's keyword classifier: first category (most specific first) with a keyword hit."""
     if prompt is None or not isinstance(prompt, str):
         return DEFAULT_CATEGORY
-    low = prompt.lower()
+    return classify_lowered(prompt.lower())
+
+
+def classify_lowered(low: str) -> str:
+    """:func:`classify_category` of a prompt given as ``prompt.lower()``."""
     for category, words in KEYWORDS:
         if any(w in low for w in words):
             return category

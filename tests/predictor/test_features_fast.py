@@ -180,7 +180,7 @@ def test_transform_is_unchanged_by_the_cached_vectorizer(
     np.testing.assert_array_equal(first, again)
     cv = CountVectorizer(ngram_range=(1, 2), vocabulary=f.vocabulary_, dtype=np.float32)
     ref = cv.transform([p[:MAX_PROMPT_CHARS] for p in rows["prompt"]]).tocsr()
-    got = f._counter().transform([p[:MAX_PROMPT_CHARS] for p in rows["prompt"]]).tocsr()
+    got = f._counter().transform([lexical.scan_prompt(p).tokens for p in rows["prompt"]])
     assert (ref != got).nnz == 0
     # refitting on other data replaces the cached vectorizer and lookups
     other = trace.iloc[::2].copy()
