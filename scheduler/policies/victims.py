@@ -21,6 +21,7 @@ requests, least-computed-first as its first built-in) and its plugin framework (
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Protocol
 
 from scheduler.request import SchedRequest
@@ -55,13 +56,42 @@ class VictimRule(Protocol):
 
 
 def expected_remaining(r: SchedRequest) -> float:
-    """Tokens the policy expects ``r`` still to generate: its latest ``est_remaining`` less the
-    tokens generated since that estimate (never below one token); NaN without an estimate."""
+    """Tokens the policy expects ``r`` still to generate (never below one token; NaN without an
+    estimate), read by the cost-aware victim rule and the admission gate.
+
+    While ``r``'s estimate is its admission one (``est_remaining`` = ``est_output_tokens`` =
+    p50, with a p90 above it): the *median of what remains given the g tokens generated so
+    far*, under the log-normal through (p50, p90) (:func:`residual_median`). A request that has
+    outlived its median is not "about to finish" (the linear rule ``p50 - g``, floored at one
+    token, said so): under a log-normal its remaining life grows with its age. Measured
+    (drift with the gate, 4 suite workloads x 2 loads, seeds 0-1, paired): mean E2E lower on 7
+    of 8 cells (long_generators@1.1 -4.4%), preemptions and recompute tax down ~1/3. Any other
+    estimate (a re-prediction at ``est_updated_at_tokens`` > 0, or no p90): that estimate less
+    the tokens generated since."""
     est = r.est_remaining
     if math.isnan(est):
         return math.nan
     done_since = r.num_output_tokens - max(r.est_updated_at_tokens, 0)
+    p50, p90 = r.est_output_tokens, r.est_output_p90
+    if done_since > 0 and r.est_updated_at_tokens <= 0 and est == p50 and p90 > p50 > 0:
+        return max(1.0, residual_median(p50, p90, r.num_output_tokens))
     return max(1.0, est - done_since)
+
+
+_N = NormalDist()
+_Z90 = _N.inv_cdf(0.9)  # 1.2816: the p90's z-score
+_Q_MAX = 1.0 - 1e-12  # inv_cdf's domain: beyond it the request is ~sigma * 7 past its median
+
+
+def residual_median(p50: float, p90: float, g: float) -> float:
+    """Median remaining tokens of a log-normal length ``L`` (median ``p50``, 90th percentile
+    ``p90``; tokens) given ``L > g``: ``F^-1(F(g) + (1 - F(g)) / 2) - g``. Equals ``p50 - g``
+    at g = 0; ``residual_median(g) + g`` never decreases in g, so the remaining drops by at most
+    one token per token generated (the gate's fast-forward bound, ``Run.reserve_horizon``)."""
+    sigma = math.log(p90 / p50) / _Z90
+    q = _N.cdf(math.log(g / p50) / sigma) if g > 0 else 0.0
+    q = min(q + 0.5 * (1.0 - q), _Q_MAX)
+    return p50 * math.exp(sigma * _N.inv_cdf(q)) - g
 
 
 def expected_remaining_or_zero(r: SchedRequest | None) -> float:

@@ -21,7 +21,12 @@ import pytest
 from scheduler.engine import requests_from_frame
 from scheduler.policies.base import Policy
 from scheduler.policies.fifo import FIFOPolicy
-from scheduler.policies.victims import PROTECTED_OFFSET, CostAwareVictim, expected_remaining
+from scheduler.policies.victims import (
+    PROTECTED_OFFSET,
+    CostAwareVictim,
+    expected_remaining,
+    residual_median,
+)
 from scheduler.request import SchedRequest, Status
 from scheduler.sim.engine import SimEngine
 from scheduler.sim.synthetic import synthetic_frame
@@ -47,6 +52,29 @@ def test_cost_aware_key_prefers_little_waste_and_much_remaining_work() -> None:
     assert expected_remaining(req(3, 0, 600, est=500.0)) == 1.0  # overrun: at least one token
     lcf = CostAwareVictim(remaining_weight=0.0)
     assert lcf.victim_key(a, 0.0) > lcf.victim_key(b, 0.0)  # fewer computed tokens first
+
+
+def test_expected_remaining_given_survival_under_the_admission_distribution() -> None:
+    """With an admission (p50, p90), what remains is the median remaining life given the tokens
+    generated: p50 - g at the start, then it grows again past the median (a log-normal's
+    remaining life grows with age), and never drops faster than one token per token."""
+    kw = {"est_output_tokens": 100.0, "est_output_p90": 300.0}
+    assert expected_remaining(req(0, 0, 0, est=100.0, **kw)) == 100.0
+    assert expected_remaining(req(0, 0, 1, est=100.0, **kw)) == pytest.approx(99.0, abs=1e-3)
+    at_median = expected_remaining(req(0, 0, 100, est=100.0, **kw))
+    far = expected_remaining(req(0, 0, 1000, est=100.0, **kw))
+    assert 1.0 < at_median < far  # an overrun is not "about to finish" (linear: 1 token)
+    # the median of L | L > g: half the fitted log-normal's mass above g lies beyond g + rem
+    sigma = math.log(3.0) / 1.2815515655446004
+    cdf = lambda x: 0.5 * math.erfc(-math.log(x / 100.0) / (sigma * math.sqrt(2)))  # noqa: E731
+    assert 1 - cdf(1000 + far) == pytest.approx(0.5 * (1 - cdf(1000)), rel=1e-9)
+    ends = [g + residual_median(100.0, 300.0, g) for g in range(0, 3000, 7)]
+    assert all(b >= a for a, b in itertools.pairwise(ends))  # the fast-forward bound
+    # a re-prediction (estimate made at g > 0) or no p90: that estimate less the progress since
+    re = req(0, 0, 150, est=80.0, **kw)
+    re.est_updated_at_tokens = 120
+    assert expected_remaining(re) == 50.0
+    assert expected_remaining(req(0, 0, 30, est=100.0)) == 70.0
 
 
 def test_protection_window_and_eviction_cap_put_requests_last() -> None:
