@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from predictor.online import LEVELS
+
 DEFAULT_TPOT_S = 0.03  # seconds per output token of the fluid server (~33 tok/s per request)
 DEFAULT_RATE_RPS = 5.0  # arrival rate of a trace without arrival_s (the default workload's)
 
@@ -152,7 +154,7 @@ def scores(
 def evaluate_frame(
     model: Any,
     df: pd.DataFrame,
-    levels: Sequence[str] = ("model", "tenant", "category"),
+    levels: Sequence[str] = LEVELS,
     tpot_s: float = DEFAULT_TPOT_S,
     rate_rps: float = DEFAULT_RATE_RPS,
     warmup: float = 0.1,

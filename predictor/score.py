@@ -30,6 +30,7 @@ import numpy as np
 
 from predictor.artifacts import META, ArtifactError, read_meta
 from predictor.metrics import length_metrics
+from predictor.online import LEVELS
 
 
 def load_length_model(directory: str | Path) -> Any:
@@ -61,7 +62,7 @@ def score(artifact_dir: str | Path, trace_file: str | Path) -> dict[str, Any]:
 def score_online(
     artifact_dir: str | Path,
     trace_file: str | Path,
-    levels: tuple[str, ...] = ("model", "tenant", "category"),
+    levels: tuple[str, ...] = LEVELS,
     tpot_s: float | None = None,
     rate_rps: float | None = None,
     warmup: float = 0.1,
@@ -105,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--levels",
         type=_levels,
-        default=("model", "tenant", "category"),
-        help="online levels, comma-separated (default model,tenant,category; also prompt, tier, "
+        default=LEVELS,
+        help="online levels, comma-separated (default model,tenant,category,prompt; also tier, "
         "source)",
     )
     ap.add_argument("--tpot", type=float, default=None, help="s per token without finish_s")

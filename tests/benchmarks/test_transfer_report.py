@@ -48,3 +48,12 @@ def test_write_section_replaces_only_its_part(tmp_path: Path) -> None:
     text = doc.read_text()
     assert text.count(BEGIN) == 1 and "two" in text and "one" not in text
     assert text.startswith("# Title\n\nhand text\n")
+
+
+def test_the_report_names_the_online_learners_default_levels() -> None:
+    """The targets row marked "the default" is the level set the online learner uses."""
+    import benchmarks.transfer_report as tr
+    from predictor.online import LEVELS
+
+    assert tr.DEFAULT_LEVELS == "+".join(LEVELS)
+    assert "prompt" in LEVELS and "prompt" not in tr.LEVELS[0]  # the other row: without it

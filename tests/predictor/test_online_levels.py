@@ -11,6 +11,13 @@ import pytest
 from predictor.online import OnlineLevels, _mills
 
 
+THREE = ("model", "tenant", "category")  # the mechanics on three levels (the default adds prompt)
+
+
+def _lv(**kw) -> OnlineLevels:
+    return OnlineLevels(levels=THREE, **kw)
+
+
 def _stream(rng: np.random.Generator, n: int, shift: dict[str, float], sigma: float = 0.4):
     """n requests over generators ``shift`` (true log length = log p50_raw + shift + noise)."""
     gens = list(shift)
@@ -32,7 +39,7 @@ def test_mills_ratio_is_the_truncated_normal_mean() -> None:
 def test_completions_learn_each_generators_level() -> None:
     rng = np.random.default_rng(1)
     values, y, raw = _stream(rng, 3000, {"long": 0.7, "short": -0.4})
-    lv = OnlineLevels()
+    lv = _lv()
     lv.update(values, y, raw)
     assert lv.correction(("long", "tenant-a", "chat")) == pytest.approx(0.7, abs=0.1)
     assert lv.correction(("short", "tenant-a", "chat")) == pytest.approx(-0.4, abs=0.1)
@@ -50,7 +57,7 @@ def test_completions_learn_each_generators_level() -> None:
 
 def test_batched_updates_equal_one_at_a_time() -> None:
     values, y, raw = _stream(np.random.default_rng(2), 300, {"a": 0.3, "b": -0.2})
-    one, many = OnlineLevels(), OnlineLevels()
+    one, many = _lv(), _lv()
     for i in range(len(y)):
         one.update_one(values[i], y[i], raw[i], key=i)
     many.update(values, y, raw, keys=list(range(len(y))))
@@ -59,7 +66,7 @@ def test_batched_updates_equal_one_at_a_time() -> None:
 
 
 def test_running_requests_raise_a_new_generators_level_before_any_completes() -> None:
-    lv = OnlineLevels()
+    lv = _lv()
     warm_values, warm_y, warm_raw = _stream(np.random.default_rng(3), 500, {"old": 0.0})
     lv.update(warm_values, warm_y, warm_raw)
     base = lv.correction(("new", "tenant-a", "chat"))
@@ -80,7 +87,7 @@ def test_running_requests_raise_a_new_generators_level_before_any_completes() ->
 
 
 def test_a_completion_replaces_its_running_state() -> None:
-    a, b = OnlineLevels(), OnlineLevels()
+    a, b = _lv(), _lv()
     raw = np.array([[100.0, 200.0]])
     v = [("g", "t", "c")]
     a.observe_running([7], v, [50.0], raw)
@@ -91,23 +98,23 @@ def test_a_completion_replaces_its_running_state() -> None:
 
 
 def test_uncensored_learner_ignores_running_requests_and_zero_tokens_are_no_news() -> None:
-    lv = OnlineLevels(censored=False)
+    lv = _lv(censored=False)
     lv.observe_running([1], [("g", "t", "c")], [500.0], np.array([[10.0, 20.0]]))
     assert lv.correction(("g", "t", "c")) == 0.0 and not lv.running
-    lv = OnlineLevels()
+    lv = _lv()
     lv.observe_running([1], [("g", "t", "c")], [0.0], np.array([[10.0, 20.0]]))
     assert not lv.running
 
 
 def test_running_states_are_bounded() -> None:
-    lv = OnlineLevels(max_running=5)
+    lv = _lv(max_running=5)
     raw = np.full((20, 2), 10.0)
     lv.observe_running(list(range(20)), [("g", "t", "c")] * 20, [30.0] * 20, raw)
     assert len(lv.running) == 5 and list(lv.running) == list(range(15, 20))
 
 
 def test_bad_inputs_raise_clear_errors() -> None:
-    lv = OnlineLevels()
+    lv = _lv()
     raw = np.ones((2, 2))
     with pytest.raises(ValueError, match="level tuples"):
         lv.adjust([("g", "t", "c")], raw)
@@ -118,5 +125,5 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="must match"):
         lv.observe_running([1], [("g", "t", "c")] * 2, [3.0, 4.0], raw)
     with pytest.raises(ValueError, match="target"):
-        OnlineLevels(target=1.5)
+        _lv(target=1.5)
     assert math.isfinite(lv.sigma)
