@@ -55,5 +55,5 @@ def test_the_report_names_the_online_learners_default_levels() -> None:
     import benchmarks.transfer_report as tr
     from predictor.online import LEVELS
 
-    assert tr.DEFAULT_LEVELS == "+".join(LEVELS)
+    assert "+".join(LEVELS) == tr.DEFAULT_LEVELS
     assert "prompt" in LEVELS and "prompt" not in tr.LEVELS[0]  # the other row: without it

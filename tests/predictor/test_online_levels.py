@@ -10,7 +10,6 @@ import pytest
 
 from predictor.online import OnlineLevels, _mills
 
-
 THREE = ("model", "tenant", "category")  # the mechanics on three levels (the default adds prompt)
 
 
